@@ -1,0 +1,252 @@
+"""Runs a CLI's typed `main(cfg)` from Hydra `key=value` overrides.
+
+We use Hydra's compose API rather than `@hydra.main`: no `outputs/` folders, no change of
+working directory, no logging takeover, and every user mistake (unknown key, wrong type,
+invalid value) ends as one line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nmtkit.errors import ConfigError, NmtkitError
+from nmtkit.registry import Registry
+
+PLUGIN_ENTRY_POINT_GROUP = "nmtkit.plugins"
+_imported_user_dirs: set[str] = set()
+
+
+def import_user_dir(path: str) -> None:
+    """Imports a research fork's folder (a package or a single .py file) so it can register."""
+    resolved = Path(path).expanduser().resolve()
+    if str(resolved) in _imported_user_dirs:
+        return
+    if not resolved.exists():
+        raise ConfigError(f"common.user_dir={path}: no such file or folder")
+    if resolved.is_dir():
+        init_file = resolved / "__init__.py"
+        if not init_file.exists():
+            raise ConfigError(f"common.user_dir={path}: folder has no __init__.py to import")
+        module_name, location = resolved.name, init_file
+        search = [str(resolved)]
+    else:
+        module_name, location, search = resolved.stem, resolved, None
+    if module_name in sys.modules:
+        raise ConfigError(
+            f"common.user_dir={path}: a module named '{module_name}' is already imported; "
+            "rename the folder"
+        )
+    spec = importlib.util.spec_from_file_location(
+        module_name, location, submodule_search_locations=search
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    _imported_user_dirs.add(str(resolved))
+
+
+def load_installed_plugins() -> None:
+    """Imports every installed package that declares the `nmtkit.plugins` entry point."""
+    for entry_point in importlib.metadata.entry_points(group=PLUGIN_ENTRY_POINT_GROUP):
+        entry_point.load()
+
+
+def store_configs(top_level: dict[str, type], groups: dict[str, Registry[Any]]) -> None:
+    """Registers top-level configs and every registry entry/preset as Hydra config nodes."""
+    store = ConfigStore.instance()
+    for name, config_class in top_level.items():
+        store.store(name=name, node=config_class)
+    for group, registry in groups.items():
+        for option, config in registry.options().items():
+            store.store(group=group, name=option, node=config)
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[dict[str, str | bool], list[str]]:
+    flags: dict[str, str | bool] = {}
+    overrides: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help", "--cfg"):
+            flags[arg.lstrip("-")] = True
+        elif arg.startswith(("--config-dir", "--config-name", "-cd", "-cn")):
+            key = "config_dir" if arg.startswith(("--config-dir", "-cd")) else "config_name"
+            if "=" in arg:
+                flags[key] = arg.split("=", 1)[1]
+            elif args:
+                flags[key] = args.pop(0)
+            else:
+                raise ConfigError(f"{arg} needs a value")
+        elif arg.startswith("-"):
+            raise ConfigError(f"unknown option '{arg}': settings are key=value (see --help)")
+        else:
+            overrides.append(arg)
+    return flags, overrides
+
+
+def compose_config(
+    config_name: str,
+    overrides: Sequence[str],
+    config_class: type,
+    config_dir: str | None = None,
+) -> Any:
+    """Composes, converts to dataclass objects and validates; raises ConfigError on mistakes."""
+    try:
+        if config_dir is not None:
+            directory = Path(config_dir).expanduser().resolve()
+            if not directory.is_dir():
+                raise ConfigError(f"--config-dir {config_dir}: no such folder")
+            context = initialize_config_dir(version_base=None, config_dir=str(directory))
+        else:
+            context = initialize(version_base=None, config_path=None)
+        with context:
+            composed = compose(config_name=config_name, overrides=list(overrides))
+        config = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(one_line(str(error))) from None
+    if not isinstance(config, config_class):
+        raise ConfigError(
+            f"config '{config_name}' does not build a {config_class.__name__}; "
+            f"an experiment file must list '{config_name}'s schema in its defaults"
+        )
+    errors = collect_validation_errors(config)
+    if errors:
+        raise ConfigError("invalid config: " + "; ".join(errors))
+    return config
+
+
+def one_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return "; ".join(line for line in lines if not line.startswith(("full_key:", "object_type")))
+
+
+def collect_validation_errors(config: Any, prefix: str = "") -> list[str]:
+    """Calls `validate()` on every dataclass in the tree; messages are prefixed with the key path."""
+    errors: list[str] = []
+    if not dataclasses.is_dataclass(config):
+        return errors
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        errors.extend(f"{prefix}{message}" for message in validate())
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            errors.extend(collect_validation_errors(value, f"{prefix}{field.name}."))
+    return errors
+
+
+def field_docs(config_class: type) -> dict[str, str]:
+    """Reads the one-line docstrings written under dataclass fields (fairseq2 style)."""
+    docs: dict[str, str] = {}
+    for cls in reversed(config_class.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for statement, following in zip(body, body[1:]):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[statement.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def describe_config(config: Any, prefix: str = "") -> list[str]:
+    """Lines `key=default  # doc` for every field of a config dataclass, recursively."""
+    lines: list[str] = []
+    docs = field_docs(type(config))
+    for field in dataclasses.fields(config):
+        if field.name.startswith("_") or field.name == "defaults":
+            continue
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            lines.extend(describe_config(value, f"{prefix}{field.name}."))
+            continue
+        shown = OmegaConf.to_yaml({"v": value}).strip()[3:] if value is not None else "null"
+        doc = docs.get(field.name, "")
+        lines.append(f"  {prefix}{field.name}={shown}" + (f"    # {doc}" if doc else ""))
+    return lines
+
+
+def _print_help(
+    program: str, main: Callable[..., Any], groups: dict[str, Registry[Any]], config: Any
+) -> None:
+    print(inspect.cleandoc(main.__doc__ or program))
+    if groups:
+        print("\nConfig groups (choose with group=option, e.g. model=transformer_base):")
+        for group, registry in groups.items():
+            print(f"  {group}: {', '.join(registry.names())}")
+    if config is not None:
+        print("\nSettings with the chosen options (override with key=value):")
+        print("\n".join(describe_config(config)))
+
+
+def run_cli(
+    main: Callable[[Any], Any],
+    *,
+    config_name: str,
+    config_class: type,
+    groups: dict[str, Registry[Any]],
+    top_level: dict[str, type],
+    argv: Sequence[str] | None = None,
+    program: str | None = None,
+) -> None:
+    """Entry point shared by the console scripts; exits non-zero with one line on user mistakes."""
+    program = program or Path(sys.argv[0]).name
+    try:
+        flags, overrides = _split_argv(sys.argv[1:] if argv is None else argv)
+        load_installed_plugins()
+        for override in overrides:
+            key, _, value = override.partition("=")
+            if key.lstrip("+") in ("common.user_dir", "user_dir") and value:
+                import_user_dir(value)
+        store_configs(top_level, groups)
+        name = str(flags.get("config_name", config_name))
+        directory = flags.get("config_dir")
+        if flags.get("h") or flags.get("help"):
+            try:
+                config = compose_config(name, overrides, config_class, directory)  # type: ignore[arg-type]
+            except ConfigError:
+                config = None
+            _print_help(program, main, groups, config)
+            return
+        config = compose_config(name, overrides, config_class, directory)  # type: ignore[arg-type]
+        if flags.get("cfg"):
+            print(OmegaConf.to_yaml(OmegaConf.structured(config)), end="")
+            return
+        main(config)
+    except NmtkitError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # `nmtkit-generate ... | head`: the reader left; not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)

@@ -1,0 +1,152 @@
+"""fairseq's memory-mapped indexed dataset (`.bin` + `.idx`), byte for byte.
+
+`.idx` layout (little endian):
+    magic  b"MMIDIDX\\x00\\x00" (9 bytes) | version uint64 = 1 | dtype code uint8
+    | item count uint64 N | doc count uint64 D
+    | sizes int32[N] | pointers int64[N] (byte offset of each item in .bin) | doc_idx int64[D]
+`.bin`: the items' elements back to back, in the dtype of the index.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from nmtkit.errors import DataError
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+DTYPE_CODES: dict[int, type] = {
+    1: np.uint8,
+    2: np.int8,
+    3: np.int16,
+    4: np.int32,
+    5: np.int64,
+    6: np.float64,
+    7: np.double,
+    8: np.uint16,
+    # Codes 9+ are nmtkit extensions (fairseq 0.12 does not know them): speech features.
+    9: np.uint32,
+    10: np.uint64,
+    11: np.float32,
+    12: np.float16,
+}
+CODE_OF_DTYPE = {np.dtype(dtype): code for code, dtype in reversed(DTYPE_CODES.items())}
+HEADER = struct.Struct("<9sQBQQ")
+
+
+def best_token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when the vocabulary fits (as fairseq chooses), else int32."""
+    return np.dtype(np.uint16 if vocab_size < 65500 else np.int32)
+
+
+def data_file(prefix: str | Path) -> Path:
+    return Path(f"{prefix}.bin")
+
+
+def index_file(prefix: str | Path) -> Path:
+    return Path(f"{prefix}.idx")
+
+
+def dataset_exists(prefix: str | Path) -> bool:
+    return data_file(prefix).is_file() and index_file(prefix).is_file()
+
+
+class IndexedDatasetBuilder:
+    """Streams items into `<prefix>.bin`; `finalize()` writes `<prefix>.idx`."""
+
+    def __init__(self, prefix: str | Path, dtype: np.dtype | type) -> None:
+        self.prefix = Path(prefix)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in CODE_OF_DTYPE:
+            raise ValueError(f"unsupported dtype {self.dtype}")
+        self._data: BinaryIO = open(data_file(prefix), "wb")
+        self._size_chunks: list[np.ndarray] = []
+
+    def add_item(self, item: np.ndarray | list[int]) -> None:
+        array = np.asarray(item, dtype=self.dtype)
+        self._data.write(array.tobytes(order="C"))
+        self._size_chunks.append(np.array([array.size], dtype=np.int32))
+
+    def add_items(self, flat: np.ndarray, sizes: np.ndarray) -> None:
+        """Appends many items at once: `flat` holds them back to back, `sizes` their lengths."""
+        self._data.write(np.ascontiguousarray(flat, dtype=self.dtype).tobytes())
+        self._size_chunks.append(np.asarray(sizes, dtype=np.int32))
+
+    def merge_file(self, other_prefix: str | Path) -> None:
+        """Appends another finished dataset (used to join per-worker shards)."""
+        other = MMapIndexedDataset(other_prefix)
+        if other.dtype != self.dtype:
+            raise ValueError(f"dtype mismatch: {other.dtype} vs {self.dtype}")
+        self._size_chunks.append(other.sizes.copy())
+        del other
+        with open(data_file(other_prefix), "rb") as source:
+            while chunk := source.read(1 << 24):
+                self._data.write(chunk)
+
+    def finalize(self) -> None:
+        self._data.close()
+        sizes = (
+            np.concatenate(self._size_chunks) if self._size_chunks else np.zeros(0, np.int32)
+        ).astype(np.int32)
+        write_index(index_file(self.prefix), self.dtype, sizes, np.array([0], dtype=np.int64))
+
+
+def write_index(path: Path, dtype: np.dtype, sizes: np.ndarray, doc_idx: np.ndarray) -> None:
+    pointers = np.zeros(len(sizes), dtype=np.int64)
+    if len(sizes) > 1:
+        np.cumsum(sizes[:-1].astype(np.int64) * dtype.itemsize, out=pointers[1:])
+    with open(path, "wb") as file:
+        file.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[dtype], len(sizes), len(doc_idx)))
+        file.write(sizes.astype(np.int32).tobytes())
+        file.write(pointers.tobytes())
+        file.write(doc_idx.astype(np.int64).tobytes())
+
+
+class MMapIndexedDataset:
+    """Random access to the items of `<prefix>.{bin,idx}` without loading them into memory."""
+
+    def __init__(self, prefix: str | Path) -> None:
+        self.prefix = Path(prefix)
+        idx_path, bin_path = index_file(prefix), data_file(prefix)
+        for path in (idx_path, bin_path):
+            if not path.is_file():
+                raise DataError(f"{path}: file not found")
+        index = np.memmap(idx_path, mode="r", dtype=np.uint8)
+        if index.size < HEADER.size:
+            raise DataError(f"{idx_path}: too short to be an index file")
+        magic, version, code, count, doc_count = HEADER.unpack(bytes(index[: HEADER.size]))
+        if magic != MAGIC:
+            raise DataError(f"{idx_path}: not a memory-mapped indexed dataset (bad magic bytes)")
+        if version != VERSION or code not in DTYPE_CODES:
+            raise DataError(f"{idx_path}: unsupported version {version} or dtype code {code}")
+        expected = HEADER.size + count * (4 + 8) + doc_count * 8
+        if index.size != expected:
+            raise DataError(f"{idx_path}: {index.size} bytes, expected {expected} (truncated?)")
+        self.dtype = np.dtype(DTYPE_CODES[code])
+        offset = HEADER.size
+        self.sizes = np.frombuffer(index, dtype=np.int32, count=count, offset=offset)
+        offset += count * 4
+        self.pointers = np.frombuffer(index, dtype=np.int64, count=count, offset=offset)
+        offset += count * 8
+        self.doc_idx = np.frombuffer(index, dtype=np.int64, count=doc_count, offset=offset)
+        self._index = index
+        bin_size = bin_path.stat().st_size
+        needed = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if count else 0
+        if bin_size < needed:
+            raise DataError(f"{bin_path}: {bin_size} bytes, index needs {needed} (truncated?)")
+        self._data = np.memmap(bin_path, mode="r", dtype=np.uint8) if bin_size else None
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self.sizes):
+            raise IndexError(f"item {i} out of range for {len(self)} items")
+        assert self._data is not None
+        return np.frombuffer(
+            self._data, dtype=self.dtype, count=int(self.sizes[i]), offset=int(self.pointers[i])
+        )
