@@ -107,6 +107,7 @@ def compose_config(
     overrides: Sequence[str],
     config_class: type,
     config_dir: str | None = None,
+    validate: bool = True,
 ) -> Any:
     """Composes, converts to dataclass objects and validates; raises ConfigError on mistakes."""
     try:
@@ -121,21 +122,43 @@ def compose_config(
             composed = compose(config_name=config_name, overrides=list(overrides))
         config = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(one_line(str(error))) from None
+        cause = error.__cause__
+        detail = f"; {one_line(str(cause))}" if cause is not None and str(cause) else ""
+        raise ConfigError(one_line(str(error)) + detail) from None
     if not isinstance(config, config_class):
         raise ConfigError(
             f"config '{config_name}' does not build a {config_class.__name__}; "
             f"an experiment file must list '{config_name}'s schema in its defaults"
         )
-    errors = collect_validation_errors(config)
+    errors = collect_validation_errors(config) if validate else []
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
     return config
 
 
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The resolved config as plain containers (what runs save), without Hydra's defaults list."""
+    container = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    assert isinstance(container, dict)
+    container.pop("defaults", None)
+    return container  # type: ignore[return-value]
+
+
+def config_to_yaml(config: Any) -> str:
+    return OmegaConf.to_yaml(config_to_dict(config))
+
+
 def one_line(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return "; ".join(line for line in lines if not line.startswith(("full_key:", "object_type")))
+    """Hydra/OmegaConf messages span lines; keep what names the key and the problem."""
+    lines = []
+    for line in message.strip().splitlines():
+        line = line.strip()
+        if line.startswith("Config search path"):
+            break
+        if line and not line.startswith(("full_key:", "object_type", "reference_type")):
+            lines.append(line)
+    text = "; ".join(lines)
+    return text.replace(":; ", ": ").replace(".; ", "; ")
 
 
 def collect_validation_errors(config: Any, prefix: str = "") -> list[str]:
@@ -230,14 +253,14 @@ def run_cli(
         directory = flags.get("config_dir")
         if flags.get("h") or flags.get("help"):
             try:
-                config = compose_config(name, overrides, config_class, directory)  # type: ignore[arg-type]
+                config = compose_config(name, overrides, config_class, directory, validate=False)  # type: ignore[arg-type]
             except ConfigError:
                 config = None
             _print_help(program, main, groups, config)
             return
         config = compose_config(name, overrides, config_class, directory)  # type: ignore[arg-type]
         if flags.get("cfg"):
-            print(OmegaConf.to_yaml(OmegaConf.structured(config)), end="")
+            print(config_to_yaml(config), end="")
             return
         main(config)
     except NmtkitError as error:

@@ -51,3 +51,15 @@ class SearchConfig:
         if self.no_repeat_ngram_size < 0 or self.prefix_size < 0:
             errors.append("no_repeat_ngram_size/prefix_size: must be >= 0")
         return errors
+
+
+@dataclass(kw_only=True)
+class ValidationGenerationConfig(SearchConfig):
+    """Search options for BLEU during training validation (the `generation` group)."""
+
+    eval_bleu: bool = False
+    """Translate the validation set at each validation and report sacreBLEU (slower)."""
+    eval_bleu_print_samples: int = 0
+    """Print this many hypothesis/reference pairs at each BLEU validation."""
+    eval_batch_size: int = 64
+    """Sentences per batch when translating the validation set."""

@@ -16,3 +16,20 @@ from nmtkit.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model", nn.Module)
 register_model = MODELS.register
+
+from nmtkit.models.transformer import (  # noqa: E402  (registration needs MODELS above)
+    TransformerConfig,
+    TransformerModel,
+    transformer_base,
+    transformer_big,
+    transformer_iwslt_de_en,
+    transformer_small,
+    transformer_tiny,
+)
+
+MODELS.register("transformer", TransformerConfig)(TransformerModel)
+MODELS.register_preset("transformer_tiny", "transformer", transformer_tiny)
+MODELS.register_preset("transformer_small", "transformer", transformer_small)
+MODELS.register_preset("transformer_iwslt_de_en", "transformer", transformer_iwslt_de_en)
+MODELS.register_preset("transformer_base", "transformer", transformer_base)
+MODELS.register_preset("transformer_big", "transformer", transformer_big)

@@ -1,0 +1,235 @@
+"""`nmtkit-generate`: translate raw text (a file or stdin, streaming) or a binarized split."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Optional
+
+import torch
+
+from nmtkit.config.launcher import run_cli
+from nmtkit.data.iterators import EpochBatchIterator
+from nmtkit.distributed import choose_device
+from nmtkit.errors import ConfigError, DataError
+from nmtkit.generation.config import SearchConfig
+from nmtkit.generation.translate import TranslationResult, translate_batches
+from nmtkit.inference import load_for_inference
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(SearchConfig):
+    """What to translate, with which model(s), and how to write the output."""
+
+    checkpoint: Any = ""
+    """Checkpoint file, or a list of them for an ensemble: checkpoint=[a.pt,b.pt]."""
+    input: Optional[str] = None
+    """Raw text file to translate; '-' or unset = stdin, translated as lines arrive."""
+    data: Optional[str] = None
+    """Translate a binarized split of this data directory instead (references included)."""
+    subset: str = "test"
+    """Split of `data` to translate."""
+    output: Optional[str] = None
+    """Output file (default stdout)."""
+    format: str = "text"
+    """text (one detokenized hypothesis per line), fairseq (S-/T-/H-/D-/P- lines) or jsonl."""
+    batch_size: Optional[int] = 64
+    """Sentences per batch."""
+    max_tokens: Optional[int] = None
+    """Largest padded source batch in tokens (with or instead of batch_size)."""
+    buffer_size: int = 2000
+    """Raw input is read and batched in chunks of up to this many lines (sorted by length)."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    precision: str = "fp32"
+    """fp32, bf16 or fp16."""
+    seed: int = 1
+    """Seed for sampling."""
+
+    def validate(self) -> list[str]:
+        errors = super().validate()
+        paths = self.checkpoint if isinstance(self.checkpoint, list) else [self.checkpoint]
+        if not all(isinstance(p, str) and p for p in paths) or not paths:
+            errors.append("checkpoint: required (checkpoint=model.pt or checkpoint=[a.pt,b.pt])")
+        if self.format not in ("text", "fairseq", "jsonl"):
+            errors.append(f"format={self.format}: choose text, fairseq or jsonl")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            errors.append(f"precision={self.precision}: choose fp32, bf16 or fp16")
+        if self.batch_size is None and self.max_tokens is None:
+            errors.append("batch_size/max_tokens: set at least one")
+        if self.buffer_size < 1:
+            errors.append(f"buffer_size={self.buffer_size}: must be >= 1")
+        if self.data and self.input:
+            errors.append("input/data: give one of them")
+        return errors
+
+
+def main(cfg: GenerateConfig) -> None:
+    """Translate with a trained checkpoint; it carries its dictionaries and SentencePiece model.
+
+    Examples:
+        nmtkit-generate checkpoint=ckpt/checkpoint_best.pt input=test.de output=hyp.en beam=5
+        echo "Guten Morgen" | nmtkit-generate checkpoint=model.pt
+        nmtkit-generate checkpoint=model.pt data=data-bin subset=test format=fairseq
+        nmtkit-generate 'checkpoint=[a.pt,b.pt]' input=test.de   # ensemble
+    """
+    device = choose_device(cfg.device)
+    paths = cfg.checkpoint if isinstance(cfg.checkpoint, list) else [cfg.checkpoint]
+    task, models, _ = load_for_inference([str(p) for p in paths], device)
+    out = open(cfg.output, "w", encoding="utf-8") if cfg.output else sys.stdout
+    try:
+        if cfg.data:
+            translate_binarized(cfg, task, models, device, out)
+        else:
+            for lines in read_line_chunks(cfg.input, cfg.buffer_size):
+                translate_lines(cfg, task, models, device, lines, out)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def translate_binarized(cfg: GenerateConfig, task: Any, models: list, device: torch.device, out: IO[str]) -> None:
+    task.data_dirs = [Path(cfg.data)]
+    dataset = task.load_dataset(cfg.subset)
+    iterator = EpochBatchIterator(
+        dataset, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+        shuffle=False, required_batch_size_multiple=1,
+    )  # fmt: skip
+    results = translate_batches(
+        task, models, cfg, iterator.next_epoch_itr(), device=device,
+        precision=cfg.precision, seed=cfg.seed if cfg.sampling else None,
+    )  # fmt: skip
+    for result in sorted(results, key=lambda r: r.id):
+        write_result(cfg, result, out)
+
+
+def translate_lines(
+    cfg: GenerateConfig, task: Any, models: list, device: torch.device, lines: list[str], out: IO[str]
+) -> None:
+    """Translates one chunk of raw lines, writing results in input order; empty lines give
+    empty outputs (they are not sent to the model)."""
+    nonempty = [i for i, line in enumerate(lines) if line.strip()]
+    results: dict[int, TranslationResult] = {}
+    if nonempty:
+        dataset = task.inference_dataset([lines[i] for i in nonempty])
+        iterator = EpochBatchIterator(
+            dataset, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+            shuffle=False, required_batch_size_multiple=1,
+        )  # fmt: skip
+        for result in translate_batches(
+            task, models, cfg, iterator.next_epoch_itr(), device=device,
+            precision=cfg.precision, seed=cfg.seed if cfg.sampling else None,
+        ):  # fmt: skip
+            result.id = nonempty[result.id]
+            results[result.id] = result
+    for i, line in enumerate(lines):
+        if i in results:
+            write_result(cfg, results[i], out)
+        else:
+            write_empty(cfg, i, line, out)
+    out.flush()
+
+
+def write_result(cfg: GenerateConfig, result: TranslationResult, out: IO[str]) -> None:
+    hypotheses = result.hypotheses[: cfg.nbest]
+    if cfg.format == "text":
+        for hypothesis in hypotheses:
+            out.write(hypothesis.text + "\n")
+    elif cfg.format == "jsonl":
+        record = {
+            "id": result.id,
+            "source": result.source,
+            **({"reference": result.reference} if result.reference is not None else {}),
+            "hypotheses": [
+                {
+                    "text": h.text,
+                    "tokens": h.pieces.split(),
+                    "score": h.score,
+                    "token_log_probs": h.positional_scores,
+                }
+                for h in hypotheses
+            ],
+        }
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:  # fairseq's layout, so existing post-processing scripts keep working
+        out.write(f"S-{result.id}\t{result.source}\n")
+        if result.reference is not None:
+            out.write(f"T-{result.id}\t{result.reference}\n")
+        for h in hypotheses:
+            out.write(f"H-{result.id}\t{h.score:.6f}\t{h.pieces}\n")
+            out.write(f"D-{result.id}\t{h.score:.6f}\t{h.text}\n")
+            out.write(f"P-{result.id}\t{' '.join(f'{s:.4f}' for s in h.positional_scores)}\n")
+
+
+def write_empty(cfg: GenerateConfig, index: int, line: str, out: IO[str]) -> None:
+    if cfg.format == "text":
+        out.write("\n" * cfg.nbest)
+    elif cfg.format == "jsonl":
+        out.write(json.dumps({"id": index, "source": line, "hypotheses": []}) + "\n")
+    else:
+        out.write(f"S-{index}\t{line}\n")
+
+
+def read_line_chunks(path: str | None, buffer_size: int) -> Iterator[list[str]]:
+    """Chunks of up to `buffer_size` lines. From stdin, a chunk is also closed as soon as no
+    more input is waiting, so an interactive user gets each translation right away."""
+    if path and path != "-":
+        if not Path(path).is_file():
+            raise DataError(f"input={path}: file not found")
+        with open(path, "rb") as file:
+            chunk: list[str] = []
+            for line_number, raw in enumerate(file, start=1):
+                chunk.append(decode_line(raw, path, line_number))
+                if len(chunk) >= buffer_size:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+        return
+    yield from read_stdin_chunks(buffer_size)
+
+
+def read_stdin_chunks(buffer_size: int) -> Iterator[list[str]]:
+    descriptor = sys.stdin.fileno()
+    pending, chunk, line_number = b"", [], 0
+    while True:
+        data = os.read(descriptor, 1 << 16)
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        if not data and pending:  # last line without a newline
+            complete, pending = [*complete, pending], b""
+        for raw in complete:
+            line_number += 1
+            chunk.append(decode_line(raw, "<stdin>", line_number))
+        waiting = data and select.select([descriptor], [], [], 0)[0]
+        while chunk and (len(chunk) >= buffer_size or not waiting):
+            yield chunk[:buffer_size]
+            chunk = chunk[buffer_size:]
+        if not data:
+            return
+
+
+def decode_line(raw: bytes, name: str, line_number: int) -> str:
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{name}:{line_number}: invalid UTF-8 ({error.reason})") from None
+
+
+def cli_main(argv: Sequence[str] | None = None) -> None:
+    run_cli(
+        main, config_name="nmtkit_generate", config_class=GenerateConfig, groups={},
+        top_level={"nmtkit_generate": GenerateConfig}, argv=argv, program="nmtkit-generate",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    cli_main()
+
+
+__all__ = ["ConfigError", "GenerateConfig", "main"]

@@ -1,0 +1,156 @@
+"""Cross-entropy of the reference tokens, summed in nats, with padding positions ignored.
+
+Also holds what the cross-entropy family shares: running the model to float32
+log-probabilities, counting correct tokens and `reduce_metrics`, which turns summed nats into
+per-token base-2 figures (fairseq's display convention).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmtkit.criterions.base import Criterion, register_criterion
+from nmtkit.registry import ComponentConfig
+
+LoggingValue = Union[int, float, torch.Tensor]
+
+
+@dataclass(kw_only=True)
+class CrossEntropyConfig(ComponentConfig):
+    """Negative log-likelihood of the reference tokens."""
+
+    report_accuracy: bool = False
+    """Also log token accuracy (percent of non-padding positions where argmax == target)."""
+
+
+def target_log_probs(
+    model: nn.Module, sample: dict[str, Any], ignore_prefix_size: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs the model and returns float32 log-probabilities (B, T, V) and targets (B, T).
+
+    The first `ignore_prefix_size` target positions are cut from the logits before the
+    softmax, so no work or memory is spent on positions that do not count.
+    """
+    logits = model(**sample["net_input"])
+    target = sample["target"]
+    if ignore_prefix_size > 0:
+        logits = logits[:, ignore_prefix_size:, :]
+        target = target[:, ignore_prefix_size:]
+    # dtype= makes the kernel read half/bfloat16 logits directly instead of copying them to
+    # float32 first; the softmax itself must be float32 to keep small probabilities.
+    lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+    return lprobs, target
+
+
+def count_correct(
+    lprobs: torch.Tensor, target: torch.Tensor, padding_idx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(number of non-padding positions whose argmax is the target, number of such positions)."""
+    not_padding = target.ne(padding_idx)
+    n_correct = (lprobs.argmax(dim=-1).eq(target) & not_padding).sum()
+    return n_correct.detach(), not_padding.sum()
+
+
+def sum_logging_outputs(logging_outputs: Sequence[dict[str, LoggingValue]]) -> dict[str, float]:
+    """Sums every key over batches.
+
+    Tensor values stay on their device while being summed and come to the host in one copy,
+    so reducing a whole log interval costs a single device synchronisation.
+    """
+    keys = list(dict.fromkeys(key for output in logging_outputs for key in output))
+    totals: dict[str, float] = {}
+    tensor_keys: list[str] = []
+    tensor_sums: list[torch.Tensor] = []
+    for key in keys:
+        values = [output[key] for output in logging_outputs if key in output]
+        tensors = [value for value in values if isinstance(value, torch.Tensor)]
+        totals[key] = sum(value for value in values if not isinstance(value, torch.Tensor))
+        if tensors:
+            device = tensors[0].device
+            # float64 so that thousands of batch sums add up exactly enough; MPS has no float64.
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            stacked = torch.stack([t.detach().reshape(()).to(device, dtype) for t in tensors])
+            tensor_keys.append(key)
+            tensor_sums.append(stacked.sum())
+    if tensor_sums:
+        device = tensor_sums[0].device
+        host_values = torch.stack([value.to(device) for value in tensor_sums]).tolist()
+        for key, value in zip(tensor_keys, host_values):
+            totals[key] += value
+    return totals
+
+
+def base2_perplexity(nll_loss_base2: float) -> float:
+    try:
+        return 2.0**nll_loss_base2
+    except OverflowError:
+        return math.inf
+
+
+def reduce_cross_entropy_metrics(
+    logging_outputs: Sequence[dict[str, LoggingValue]],
+) -> dict[str, float]:
+    """Per-token loss and nll_loss in base 2, ppl = 2**nll_loss, accuracy in percent, counts."""
+    sums = sum_logging_outputs(logging_outputs)
+    sample_size = sums.get("sample_size", 0)
+    ntokens = sums.get("ntokens", 0)
+    loss = sums.get("loss", 0.0) / sample_size / math.log(2) if sample_size else 0.0
+    nll_loss = sums.get("nll_loss", 0.0) / ntokens / math.log(2) if ntokens else 0.0
+    metrics = {
+        "loss": loss,
+        "nll_loss": nll_loss,
+        "ppl": base2_perplexity(nll_loss),
+        "ntokens": ntokens,
+        "nsentences": sums.get("nsentences", 0),
+        "sample_size": sample_size,
+    }
+    if sums.get("total", 0) > 0:
+        metrics["accuracy"] = 100.0 * sums["n_correct"] / sums["total"]
+    return metrics
+
+
+@register_criterion("cross_entropy", CrossEntropyConfig)
+class CrossEntropy(Criterion):
+    """Summed negative log-likelihood of the non-padding target tokens, in nats.
+
+    `logging_output` holds detached tensors (loss, nll_loss, n_correct, total) rather than
+    Python floats: calling `.item()` per batch would stall the GPU every step, whereas
+    `reduce_metrics` copies everything to the host once per log interval.
+    """
+
+    cfg: CrossEntropyConfig
+
+    def forward(
+        self, model: nn.Module, sample: dict[str, Any]
+    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        lprobs, target = target_log_probs(model, sample)
+        loss = F.nll_loss(
+            lprobs.reshape(-1, lprobs.size(-1)),
+            target.reshape(-1),
+            ignore_index=self.padding_idx,
+            reduction="sum",
+        )
+        sample_size = sample["ntokens"]
+        logging_output: dict[str, Any] = {
+            "loss": loss.detach(),
+            "nll_loss": loss.detach(),
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["nsentences"],
+            "sample_size": sample_size,
+        }
+        if self.cfg.report_accuracy:
+            logging_output["n_correct"], logging_output["total"] = count_correct(
+                lprobs, target, self.padding_idx
+            )
+        return loss, sample_size, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs: list[dict[str, Any]]) -> dict[str, float]:
+        return reduce_cross_entropy_metrics(logging_outputs)

@@ -1,0 +1,96 @@
+"""Label-smoothed cross-entropy with fairseq's formula, summed in nats over non-padding tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nmtkit.criterions.base import Criterion, register_criterion
+from nmtkit.criterions.cross_entropy import (
+    count_correct,
+    reduce_cross_entropy_metrics,
+    target_log_probs,
+)
+from nmtkit.registry import ComponentConfig
+
+
+@dataclass(kw_only=True)
+class LabelSmoothedCrossEntropyConfig(ComponentConfig):
+    """Cross-entropy against a target distribution that spreads `label_smoothing` over the vocabulary."""
+
+    label_smoothing: float = 0.0
+    """Probability mass taken from the reference token and spread over the others (0.1 is usual)."""
+    ignore_prefix_size: int = 0
+    """Leave the first N target positions out of the loss (e.g. a language tag)."""
+    report_accuracy: bool = False
+    """Also log token accuracy (percent of non-padding positions where argmax == target)."""
+
+    def validate(self) -> list[str]:
+        errors = []
+        if not 0.0 <= self.label_smoothing < 1.0:
+            errors.append(f"label_smoothing={self.label_smoothing}: must be in [0, 1)")
+        if self.ignore_prefix_size < 0:
+            errors.append(f"ignore_prefix_size={self.ignore_prefix_size}: must be >= 0")
+        return errors
+
+
+def label_smoothed_nll_loss(
+    lprobs: torch.Tensor, target: torch.Tensor, epsilon: float, padding_idx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(smoothed loss, nll loss), both summed over non-padding positions.
+
+    loss = (1 - eps - eps_i) * nll + eps_i * smooth, with eps_i = eps / (V - 1) and
+    smooth = -sum_v lprobs[v]: the reference gets 1 - eps and every other token eps / (V - 1).
+    Only (B, T) tensors are created here; `lprobs` is the one (B, T, V) tensor.
+    """
+    padding = target.eq(padding_idx)
+    nll_loss = -lprobs.gather(dim=-1, index=target.unsqueeze(-1)).squeeze(-1)
+    nll_loss = nll_loss.masked_fill(padding, 0.0).sum()
+    if epsilon == 0.0:
+        return nll_loss, nll_loss
+    smooth_loss = -lprobs.sum(dim=-1)
+    smooth_loss = smooth_loss.masked_fill(padding, 0.0).sum()
+    eps_i = epsilon / (lprobs.size(-1) - 1)
+    loss = (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss
+    return loss, nll_loss
+
+
+@register_criterion("label_smoothed_cross_entropy", LabelSmoothedCrossEntropyConfig)
+class LabelSmoothedCrossEntropy(Criterion):
+    """Label-smoothed cross-entropy; `nll_loss` (unsmoothed) is logged beside the loss.
+
+    Like `cross_entropy`, `logging_output` holds detached tensors that `reduce_metrics`
+    copies to the host once per log interval.
+    """
+
+    cfg: LabelSmoothedCrossEntropyConfig
+
+    def forward(
+        self, model: nn.Module, sample: dict[str, Any]
+    ) -> tuple[torch.Tensor, int, dict[str, Any]]:
+        lprobs, target = target_log_probs(model, sample, self.cfg.ignore_prefix_size)
+        loss, nll_loss = label_smoothed_nll_loss(
+            lprobs, target, self.cfg.label_smoothing, self.padding_idx
+        )
+        # fairseq's convention: gradients are normalised by all target tokens even when a
+        # prefix is ignored, so runs with and without ignore_prefix_size stay comparable.
+        sample_size = sample["ntokens"]
+        logging_output: dict[str, Any] = {
+            "loss": loss.detach(),
+            "nll_loss": nll_loss.detach(),
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["nsentences"],
+            "sample_size": sample_size,
+        }
+        if self.cfg.report_accuracy:
+            logging_output["n_correct"], logging_output["total"] = count_correct(
+                lprobs, target, self.padding_idx
+            )
+        return loss, sample_size, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs: list[dict[str, Any]]) -> dict[str, float]:
+        return reduce_cross_entropy_metrics(logging_outputs)

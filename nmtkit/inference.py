@@ -1,0 +1,43 @@
+"""Loading trained models for inference from checkpoints alone (no data directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nmtkit.checkpoint import load_checkpoint
+from nmtkit.config.train import TrainConfig, restore_train_config
+from nmtkit.errors import CheckpointError
+from nmtkit.tasks import TASKS
+
+
+def load_for_inference(
+    paths: list[str], device: torch.device
+) -> tuple[Any, list[nn.Module], TrainConfig]:
+    """Task (dictionaries, SentencePiece) from the first checkpoint, one model per path.
+    Ensemble members must share the first member's dictionaries."""
+    task, models, first_config = None, [], None
+    for path in paths:
+        state = load_checkpoint(path)
+        config = restore_train_config(state["config"])
+        member_task = TASKS.build(config.task, state=state["task"])
+        if task is None:
+            task, first_config = member_task, config
+        elif (member_task.src_dict, member_task.tgt_dict) != (task.src_dict, task.tgt_dict):
+            raise CheckpointError(
+                f"{path}: its dictionaries differ from {paths[0]}'s; an ensemble needs models "
+                "trained on the same dictionaries"
+            )
+        model = member_task.build_model(config.model)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{Path(path)}: weights do not fit the saved config ({str(error).splitlines()[0]})"
+            ) from None
+        models.append(model.to(device).eval())
+    assert task is not None and first_config is not None
+    return task, models, first_config

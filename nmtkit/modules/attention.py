@@ -1,0 +1,204 @@
+"""Multi-head attention on `torch.nn.functional.scaled_dot_product_attention`, with a key/value
+cache for incremental decoding.
+
+Tensors are batch-first: (batch, length, dim). Self-attention projects queries, keys and values
+with one fused matrix; encoder-decoder attention projects the query alone and keys/values with
+one fused matrix, so each costs one matrix multiplication fewer than three separate projections.
+
+Incremental decoding: the caller passes the same dict on every step. Each attention module keeps
+its entry under its `cache_name` (unique within a model, e.g. "decoder.layers.0.self_attn"):
+  self-attention:          {"key", "value"}: (batch, heads, steps so far, head_dim), grown
+                           per step;
+  encoder-decoder attention: {"key", "value"}: (batch, heads, source_len, head_dim) and
+                           "key_padding_mask": (batch, source_len) or absent, computed on the
+                           first step from the encoder output and reused afterwards.
+`reorder_cache` applies a beam-search reordering (index_select on the batch dimension) to all of
+them, so a cache stays consistent whatever permutation or selection is applied.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IncrementalState = dict[str, dict[str, torch.Tensor]]
+"""Per-model decoding cache: attention module's cache_name -> its tensors."""
+
+
+def build_attention_mask(
+    key_padding_mask: Optional[torch.Tensor],
+    query_length: int,
+    key_length: int,
+    causal: bool,
+    device: torch.device,
+) -> Optional[torch.Tensor]:
+    """Boolean mask for SDPA (True = may attend), broadcastable to (batch, heads, query, key).
+
+    A causal mask is aligned to the bottom right: the last query sees every key, as needed when
+    the keys include cached earlier steps. Rows where every key is masked (an all-pad sequence,
+    or a pad query in front of a left-padded prefix) are opened completely instead: their output
+    is meaningless but finite, whereas a fully masked softmax gives NaN that leaks into gradients.
+    """
+    allowed: Optional[torch.Tensor] = None
+    if key_padding_mask is not None:
+        allowed = ~key_padding_mask[:, None, None, :]
+    if causal:
+        causal_allowed = torch.ones(query_length, key_length, dtype=torch.bool, device=device)
+        causal_allowed = causal_allowed.tril(diagonal=key_length - query_length)
+        allowed = causal_allowed if allowed is None else allowed & causal_allowed
+    if allowed is None:
+        return None
+    return allowed | ~allowed.any(dim=-1, keepdim=True)
+
+
+class MultiheadAttention(nn.Module):
+    """Scaled dot-product attention with `num_heads` heads over `embed_dim` features.
+
+    With `encoder_decoder=True` keys and values come from a separate input (the encoder output,
+    of `key_value_dim` features); otherwise it is self-attention over the query input.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        dropout: float = 0.0,
+        encoder_decoder: bool = False,
+        key_value_dim: Optional[int] = None,
+        cache_name: str = "attention",
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.encoder_decoder = encoder_decoder
+        self.cache_name = cache_name
+        if encoder_decoder:
+            self.q_proj = nn.Linear(embed_dim, embed_dim)
+            self.kv_proj = nn.Linear(key_value_dim or embed_dim, 2 * embed_dim)
+        else:
+            if key_value_dim is not None and key_value_dim != embed_dim:
+                raise ValueError("self-attention uses its input as keys and values: no key_value_dim")
+            self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """fairseq's initialisation, applied to each D x D block of the fused projections.
+
+        Query/key/value weights: xavier_uniform with gain 1/sqrt(2) (fairseq's choice for equal
+        dimensions); their biases keep nn.Linear's default. Output: xavier_uniform, zero bias.
+        """
+        fused = self.kv_proj if self.encoder_decoder else self.qkv_proj
+        with torch.no_grad():
+            for block in fused.weight.split(self.embed_dim, dim=0):
+                nn.init.xavier_uniform_(block, gain=1 / math.sqrt(2))
+            if self.encoder_decoder:
+                nn.init.xavier_uniform_(self.q_proj.weight, gain=1 / math.sqrt(2))
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.constant_(self.out_proj.bias, 0.0)
+
+    def _split_heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """(batch, len, parts * dim) -> `parts` tensors of (batch, heads, len, head_dim), as views."""
+        batch, length, _ = x.shape
+        x = x.view(batch, length, parts, self.num_heads, self.head_dim)
+        return x.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key_value: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        causal: bool = False,
+        incremental_state: Optional[IncrementalState] = None,
+    ) -> torch.Tensor:
+        """Attends from `query` (batch, tgt_len, dim) and returns (batch, tgt_len, dim).
+
+        key_value: encoder output (batch, src_len, key_value_dim) for encoder-decoder attention
+            (may be None on later incremental steps, whose keys/values are cached).
+        key_padding_mask: (batch, key_len) bool, True at keys to ignore. For cached
+            self-attention it must cover the cached and new keys; for cached encoder-decoder
+            attention it is stored on the first step and reused.
+        causal: each query sees only keys at its own position or before (self-attention).
+        incremental_state: decoding cache (see the module docstring); the new queries are the
+            positions after those already cached.
+        """
+        if self.encoder_decoder:
+            q, k, v, key_padding_mask = self._encoder_decoder_qkv(
+                query, key_value, key_padding_mask, incremental_state
+            )
+            causal = False
+        else:
+            q, k, v = self._split_heads(self.qkv_proj(query), 3)
+            if incremental_state is not None:
+                k, v = self._append_to_cache(k, v, incremental_state)
+
+        query_length, key_length = q.size(2), k.size(2)
+        dropout_p = self.dropout if self.training else 0.0
+        if key_padding_mask is None and causal and query_length == key_length:
+            # No explicit mask lets SDPA pick the flash kernel.
+            output = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        else:
+            # A single new query after cached keys sees all of them: no causal mask needed.
+            causal = causal and query_length > 1
+            mask = build_attention_mask(
+                key_padding_mask, query_length, key_length, causal, query.device
+            )
+            output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        batch = output.size(0)
+        output = output.transpose(1, 2).reshape(batch, query_length, self.embed_dim)
+        return self.out_proj(output)
+
+    def _encoder_decoder_qkv(
+        self,
+        query: torch.Tensor,
+        key_value: Optional[torch.Tensor],
+        key_padding_mask: Optional[torch.Tensor],
+        incremental_state: Optional[IncrementalState],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        (q,) = self._split_heads(self.q_proj(query), 1)
+        cached = incremental_state.get(self.cache_name) if incremental_state is not None else None
+        if cached is not None:
+            return q, cached["key"], cached["value"], cached.get("key_padding_mask")
+        if key_value is None:
+            raise ValueError("encoder-decoder attention needs key_value (the encoder output)")
+        k, v = self._split_heads(self.kv_proj(key_value), 2)
+        if incremental_state is not None:
+            entry = {"key": k, "value": v}
+            if key_padding_mask is not None:
+                entry["key_padding_mask"] = key_padding_mask
+            incremental_state[self.cache_name] = entry
+        return q, k, v, key_padding_mask
+
+    def _append_to_cache(
+        self, k: torch.Tensor, v: torch.Tensor, incremental_state: IncrementalState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = incremental_state.get(self.cache_name)
+        if cached is not None:
+            k = torch.cat([cached["key"], k], dim=2)
+            v = torch.cat([cached["value"], v], dim=2)
+        incremental_state[self.cache_name] = {"key": k, "value": v}
+        return k, v
+
+    def cached_length(self, incremental_state: IncrementalState) -> int:
+        """Number of key positions already cached (0 before the first step)."""
+        cached = incremental_state.get(self.cache_name)
+        return 0 if cached is None else cached["key"].size(2)
+
+    def reorder_cache(self, incremental_state: IncrementalState, new_order: torch.Tensor) -> None:
+        """Selects/permutes the cached batch entries in place of the old ones (beam search)."""
+        cached = incremental_state.get(self.cache_name)
+        if cached is None:
+            return
+        incremental_state[self.cache_name] = {
+            name: tensor.index_select(0, new_order) for name, tensor in cached.items()
+        }
+

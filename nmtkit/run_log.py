@@ -1,0 +1,137 @@
+"""The run directory's records (config.yaml, env.json, train_log.jsonl, TensorBoard) and the
+console output of training: a progress bar on a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmtkit.config.launcher import config_to_yaml
+from nmtkit.version import __version__
+
+
+def git_revision(folder: Path) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def environment_record() -> dict[str, Any]:
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "nmtkit_version": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "devices": devices or ["cpu"],
+        "nmtkit_git_revision": git_revision(Path(__file__).resolve().parent),
+        "command": sys.argv,
+    }
+
+
+def write_run_files(save_dir: Path, config: Any, data_fingerprint: dict[str, Any]) -> None:
+    """config.yaml (resolved) and env.json (versions, host, devices, data fingerprint)."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / "config.yaml").write_text(config_to_yaml(config))
+    record = {**environment_record(), "data": data_fingerprint, "started": time.time()}
+    (save_dir / "env.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def format_stats(stats: dict[str, float]) -> str:
+    parts = []
+    for key, value in stats.items():
+        if isinstance(value, float):
+            shown = f"{value:.3g}" if key in ("lr",) else f"{value:.3f}".rstrip("0").rstrip(".")
+        else:
+            shown = str(value)
+        parts.append(f"{key} {shown}")
+    return " | ".join(parts)
+
+
+class RunLogger:
+    """Writes each record to train_log.jsonl, TensorBoard and the console (main process only)."""
+
+    def __init__(
+        self,
+        save_dir: Path,
+        log_format: str,
+        tensorboard_logdir: str | None,
+        enabled: bool,
+    ) -> None:
+        self.enabled = enabled
+        if log_format == "auto":
+            log_format = "tqdm" if sys.stderr.isatty() else "simple"
+        self.log_format = log_format
+        self.jsonl = open(save_dir / "train_log.jsonl", "a", encoding="utf-8") if enabled else None
+        self.tensorboard = None
+        if enabled and tensorboard_logdir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(tensorboard_logdir)
+        self.progress_bar: Any = None
+
+    def info(self, message: str) -> None:
+        if not self.enabled or self.log_format == "none":
+            return
+        if self.progress_bar is not None:
+            self.progress_bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def start_epoch(self, epoch: int, total_batches: int, start: int) -> None:
+        if self.enabled and self.log_format == "tqdm":
+            from tqdm import tqdm
+
+            self.progress_bar = tqdm(
+                total=total_batches, initial=start, desc=f"epoch {epoch:03d}", leave=False
+            )
+
+    def advance(self, batches: int, stats: dict[str, float] | None = None) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.update(batches)
+            if stats:
+                self.progress_bar.set_postfix(
+                    {k: stats[k] for k in ("loss", "lr", "wps") if k in stats}, refresh=False
+                )
+
+    def end_epoch(self) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.close()
+            self.progress_bar = None
+
+    def record(self, kind: str, stats: dict[str, Any], step: int) -> None:
+        """One JSON line per training log interval or validation; the same numbers go to
+        TensorBoard and (in plain mode, or for validations) to the console."""
+        if not self.enabled:
+            return
+        assert self.jsonl is not None
+        self.jsonl.write(json.dumps({"kind": kind, **stats}) + "\n")
+        self.jsonl.flush()
+        if self.tensorboard is not None:
+            for key, value in stats.items():
+                if isinstance(value, (int, float)) and key not in ("update", "epoch"):
+                    self.tensorboard.add_scalar(f"{kind}/{key}", value, step)
+            self.tensorboard.flush()
+        if kind != "train" or self.log_format == "simple":
+            self.info(f"{kind} | {format_stats(stats)}")
+
+    def close(self) -> None:
+        self.end_epoch()
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

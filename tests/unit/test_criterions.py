@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmtkit.criterions import (
+    CRITERIONS,
+    CrossEntropy,
+    CrossEntropyConfig,
+    LabelSmoothedCrossEntropy,
+    LabelSmoothedCrossEntropyConfig,
+)
+
+PAD = 1
+VOCAB = 7
+
+
+class FixedLogitsModel(nn.Module):
+    """Returns the same logits whatever the input, so losses can be computed by hand."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens):
+        return self.logits
+
+
+def make_sample(target: torch.Tensor) -> dict:
+    batch, length = target.shape
+    return {
+        "id": torch.arange(batch),
+        "nsentences": batch,
+        "ntokens": int(target.ne(PAD).sum()),
+        "net_input": {
+            "src_tokens": torch.full((batch, 3), 4),
+            "src_lengths": torch.full((batch,), 3),
+            "prev_output_tokens": torch.full((batch, length), 2),
+        },
+        "target": target,
+    }
+
+
+@pytest.fixture
+def batch():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, VOCAB, generator=generator)
+    target = torch.tensor([[4, 5, 6, 2], [3, 2, PAD, PAD]])
+    return FixedLogitsModel(logits), make_sample(target)
+
+
+def hand_label_smoothed(logits: torch.Tensor, target: torch.Tensor, eps: float) -> float:
+    """Position by position, as written in the fairseq paper's formula."""
+    total = 0.0
+    lprobs = torch.log_softmax(logits.double(), dim=-1)
+    for b in range(target.size(0)):
+        for t in range(target.size(1)):
+            if target[b, t] == PAD:
+                continue
+            row = lprobs[b, t]
+            nll = -row[target[b, t]].item()
+            smooth = -row.sum().item()
+            eps_i = eps / (VOCAB - 1)
+            total += (1 - eps - eps_i) * nll + eps_i * smooth
+    return total
+
+
+def test_registry_lists_and_builds_criterions():
+    assert {"cross_entropy", "label_smoothed_cross_entropy"} <= set(CRITERIONS.names())
+    criterion = CRITERIONS.build(
+        LabelSmoothedCrossEntropyConfig(_name="label_smoothed_cross_entropy"), PAD
+    )
+    assert isinstance(criterion, LabelSmoothedCrossEntropy)
+    assert isinstance(CRITERIONS.build(CrossEntropyConfig(), PAD), CrossEntropy)
+
+
+def test_cross_entropy_equals_torch_sum_and_ignores_padding(batch):
+    model, sample = batch
+    loss, sample_size, logging_output = CrossEntropy(CrossEntropyConfig(), PAD)(model, sample)
+    expected = F.cross_entropy(
+        model.logits.reshape(-1, VOCAB),
+        sample["target"].reshape(-1),
+        ignore_index=PAD,
+        reduction="sum",
+    )
+    torch.testing.assert_close(loss, expected)
+    assert sample_size == 6
+    assert logging_output["ntokens"] == 6 and logging_output["nsentences"] == 2
+    assert float(logging_output["nll_loss"]) == pytest.approx(float(expected.detach()))
+    assert not logging_output["loss"].requires_grad
+    # Changing logits at padding positions must not change the loss.
+    with torch.no_grad():
+        model.logits[1, 2:] += 100.0
+    loss_after, _, _ = CrossEntropy(CrossEntropyConfig(), PAD)(model, sample)
+    torch.testing.assert_close(loss_after, loss)
+
+
+def test_loss_is_differentiable(batch):
+    model, sample = batch
+    loss, _, _ = LabelSmoothedCrossEntropy(
+        LabelSmoothedCrossEntropyConfig(label_smoothing=0.1), PAD
+    )(model, sample)
+    loss.backward()
+    assert model.logits.grad is not None
+    assert torch.all(model.logits.grad[1, 2:] == 0)
+
+
+def test_label_smoothing_zero_equals_cross_entropy(batch):
+    model, sample = batch
+    ce, _, _ = CrossEntropy(CrossEntropyConfig(), PAD)(model, sample)
+    ls, _, output = LabelSmoothedCrossEntropy(
+        LabelSmoothedCrossEntropyConfig(label_smoothing=0.0), PAD
+    )(model, sample)
+    torch.testing.assert_close(ls, ce)
+    torch.testing.assert_close(output["nll_loss"], ce.detach())
+
+
+def test_label_smoothing_matches_hand_formula(batch):
+    model, sample = batch
+    eps = 0.1
+    loss, _, output = LabelSmoothedCrossEntropy(
+        LabelSmoothedCrossEntropyConfig(label_smoothing=eps), PAD
+    )(model, sample)
+    assert loss.item() == pytest.approx(
+        hand_label_smoothed(model.logits.detach(), sample["target"], eps), rel=1e-5
+    )
+    # fairseq's eps / (V - 1) smoothing is torch's smoothing with eps * V / (V - 1).
+    torch_loss = F.cross_entropy(
+        model.logits.reshape(-1, VOCAB),
+        sample["target"].reshape(-1),
+        ignore_index=PAD,
+        reduction="sum",
+        label_smoothing=eps * VOCAB / (VOCAB - 1),
+    )
+    torch.testing.assert_close(loss, torch_loss)
+    nll = F.cross_entropy(
+        model.logits.reshape(-1, VOCAB),
+        sample["target"].reshape(-1),
+        ignore_index=PAD,
+        reduction="sum",
+    )
+    torch.testing.assert_close(output["nll_loss"], nll.detach())
+    assert loss.item() > nll.item()
+
+
+def test_ignore_prefix_size_drops_leading_positions(batch):
+    model, sample = batch
+    loss, sample_size, _ = LabelSmoothedCrossEntropy(
+        LabelSmoothedCrossEntropyConfig(label_smoothing=0.1, ignore_prefix_size=1), PAD
+    )(model, sample)
+    expected = hand_label_smoothed(model.logits.detach()[:, 1:], sample["target"][:, 1:], 0.1)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert sample_size == sample["ntokens"]
+
+
+def test_half_precision_logits_are_scored_in_float32(batch):
+    model, sample = batch
+    half_model = FixedLogitsModel(model.logits.detach().to(torch.bfloat16))
+    loss, _, _ = CrossEntropy(CrossEntropyConfig(), PAD)(half_model, sample)
+    assert loss.dtype == torch.float32
+
+
+def test_reduce_metrics_converts_to_base_2_and_sums_batches(batch):
+    model, sample = batch
+    criterion = LabelSmoothedCrossEntropy(LabelSmoothedCrossEntropyConfig(label_smoothing=0.1), PAD)
+    _, _, first = criterion(model, sample)
+    _, _, second = criterion(model, sample)
+    metrics = LabelSmoothedCrossEntropy.reduce_metrics([first, second])
+    expected_loss = 2 * float(first["loss"]) / 12 / math.log(2)
+    expected_nll = 2 * float(first["nll_loss"]) / 12 / math.log(2)
+    assert metrics["loss"] == pytest.approx(expected_loss)
+    assert metrics["nll_loss"] == pytest.approx(expected_nll)
+    assert metrics["ppl"] == pytest.approx(2**expected_nll)
+    assert (metrics["ntokens"], metrics["nsentences"], metrics["sample_size"]) == (12, 4, 12)
+    assert "accuracy" not in metrics
+    # The trainer may also hand in already summed plain numbers.
+    as_floats = {k: float(v) for k, v in first.items()}
+    assert CrossEntropy.reduce_metrics([as_floats])["loss"] == pytest.approx(expected_loss)
+
+
+def test_reduce_metrics_survives_huge_loss_and_empty_input():
+    metrics = CrossEntropy.reduce_metrics(
+        [{"loss": 1e6, "nll_loss": 1e6, "ntokens": 1, "nsentences": 1, "sample_size": 1}]
+    )
+    assert metrics["ppl"] == math.inf
+    assert CrossEntropy.reduce_metrics([])["loss"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "criterion_class, config_class",
+    [
+        (CrossEntropy, CrossEntropyConfig),
+        (LabelSmoothedCrossEntropy, LabelSmoothedCrossEntropyConfig),
+    ],
+)
+def test_accuracy_counts_non_padding_argmax_hits(criterion_class, config_class):
+    logits = torch.full((1, 3, VOCAB), -5.0)
+    logits[0, 0, 4] = logits[0, 1, 6] = logits[0, 2, 5] = 5.0  # argmax 4, 6, 5
+    target = torch.tensor([[4, 5, PAD]])
+    model, sample = FixedLogitsModel(logits), make_sample(target)
+    _, _, output = criterion_class(config_class(report_accuracy=True), PAD)(model, sample)
+    assert int(output["n_correct"]) == 1 and int(output["total"]) == 2
+    assert criterion_class.reduce_metrics([output])["accuracy"] == pytest.approx(50.0)
+
+
+def test_label_smoothing_config_validation():
+    assert LabelSmoothedCrossEntropyConfig(label_smoothing=0.1).validate() == []
+    errors = LabelSmoothedCrossEntropyConfig(label_smoothing=1.0, ignore_prefix_size=-1).validate()
+    assert len(errors) == 2 and errors[0].startswith("label_smoothing=1.0")

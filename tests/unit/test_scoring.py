@@ -1,0 +1,191 @@
+"""score_corpus agrees with sacrebleu's own corpus functions and computes WER with jiwer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sacrebleu
+
+from nmtkit.errors import ConfigError, DataError
+from nmtkit.scoring import KNOWN_METRICS, MetricResult, score_corpus
+
+HYPOTHESES = [
+    "The cat sat on the mat.",
+    "Hello world, how are you?",
+    "It's a beautiful day in Berlin",
+]
+REFERENCE = [
+    "The cat is sitting on the mat.",
+    "hello world, how are you doing?",
+    "It is a beautiful day in Berlin.",
+]
+SECOND_REFERENCE = [
+    "A cat sat on the mat.",
+    "Hello world, how are you?",
+    "It's a lovely day in Berlin",
+]
+
+
+def test_bleu_matches_sacrebleu_corpus_bleu() -> None:
+    result = score_corpus(HYPOTHESES, [REFERENCE], ["bleu"])["bleu"]
+    expected = sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCE])
+    assert result.name == "bleu"
+    assert result.score == pytest.approx(expected.score, abs=1e-9)
+    assert 0 < result.score < 100
+    assert result.details["precisions"] == pytest.approx(expected.precisions)
+    assert result.details["brevity_penalty"] == pytest.approx(expected.bp)
+    assert (result.details["sys_len"], result.details["ref_len"]) == (
+        expected.sys_len,
+        expected.ref_len,
+    )
+    assert result.signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    assert result.format_line().startswith(f"BLEU = {expected.score:.2f} ")
+
+
+def test_bleu_options_match_sacrebleu() -> None:
+    result = score_corpus(HYPOTHESES, [REFERENCE], ["bleu"], lowercase=True, tokenize="intl")
+    expected = sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCE], lowercase=True, tokenize="intl")
+    assert result["bleu"].score == pytest.approx(expected.score, abs=1e-9)
+    assert "case:lc" in result["bleu"].signature and "tok:intl" in result["bleu"].signature
+    mixed_case = score_corpus(HYPOTHESES, [REFERENCE], ["bleu"], tokenize="intl")["bleu"]
+    assert mixed_case.score < result["bleu"].score
+
+
+def test_chrf_matches_sacrebleu_corpus_chrf() -> None:
+    result = score_corpus(HYPOTHESES, [REFERENCE], ["chrf"])["chrf"]
+    expected = sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCE])
+    assert result.score == pytest.approx(expected.score, abs=1e-9)
+    assert result.details == {"char_order": 6, "word_order": 0, "beta": 2}
+    assert "nc:6|nw:0" in result.signature
+
+
+def test_ter_matches_sacrebleu_corpus_ter_and_is_case_insensitive_by_default() -> None:
+    result = score_corpus(HYPOTHESES, [REFERENCE], ["ter"])["ter"]
+    expected = sacrebleu.corpus_ter(HYPOTHESES, [REFERENCE])
+    assert result.score == pytest.approx(expected.score, abs=1e-9)
+    assert "case:lc" in result.signature
+    sensitive = score_corpus(HYPOTHESES, [REFERENCE], ["ter"], ter_case_sensitive=True)["ter"]
+    expected_sensitive = sacrebleu.corpus_ter(HYPOTHESES, [REFERENCE], case_sensitive=True)
+    assert sensitive.score == pytest.approx(expected_sensitive.score, abs=1e-9)
+    # "Hello" vs "hello" is one more edit when case counts.
+    assert sensitive.score > result.score
+
+
+def test_multiple_references_match_sacrebleu() -> None:
+    references = [REFERENCE, SECOND_REFERENCE]
+    results = score_corpus(HYPOTHESES, references, ["bleu", "chrf", "ter"])
+    assert results["bleu"].score == pytest.approx(
+        sacrebleu.corpus_bleu(HYPOTHESES, references).score, abs=1e-9
+    )
+    assert results["chrf"].score == pytest.approx(
+        sacrebleu.corpus_chrf(HYPOTHESES, references).score, abs=1e-9
+    )
+    assert results["ter"].score == pytest.approx(
+        sacrebleu.corpus_ter(HYPOTHESES, references).score, abs=1e-9
+    )
+    assert results["bleu"].signature.startswith("nrefs:2|")
+    single = score_corpus(HYPOTHESES, [REFERENCE], ["bleu"])["bleu"]
+    assert results["bleu"].score > single.score
+
+
+def test_wer_one_substitution_in_four_words_is_25_percent() -> None:
+    result = score_corpus(["the cat sat down"], [["the dog sat down"]], ["wer"])["wer"]
+    assert result.score == pytest.approx(25.0)
+    assert result.details == {
+        "substitutions": 1,
+        "deletions": 0,
+        "insertions": 0,
+        "hits": 3,
+        "reference_words": 4,
+        "hypothesis_words": 4,
+    }
+    assert result.signature.startswith("nrefs:1|case:mixed|punct:kept|tok:whitespace|jiwer:")
+    assert result.format_line().startswith("WER = 25.00 (S = 1 D = 0 I = 0 H = 3")
+
+
+def test_wer_is_corpus_level_and_can_exceed_100() -> None:
+    # 1 deletion over 4 reference words in the first segment, 2 insertions over 1 in the second.
+    result = score_corpus(["a b c", "x y z"], [["a b c d", "x"]], ["wer"])["wer"]
+    assert result.score == pytest.approx(100.0 * 3 / 5)
+    inserted = score_corpus(["x y z"], [["x"]], ["wer"])["wer"]
+    assert inserted.score == pytest.approx(200.0)
+
+
+@pytest.mark.parametrize(
+    ("lowercase", "remove_punctuation", "expected", "signature_part"),
+    [
+        (False, False, 50.0, "case:mixed|punct:kept"),
+        (True, False, 50.0, "case:lc|punct:kept"),
+        (False, True, 50.0, "case:mixed|punct:removed"),
+        (True, True, 0.0, "case:lc|punct:removed"),
+    ],
+)
+def test_wer_normalisation_options(
+    lowercase: bool, remove_punctuation: bool, expected: float, signature_part: str
+) -> None:
+    result = score_corpus(
+        ["hello world"],
+        [["Hello, world"]],
+        ["wer"],
+        wer_lowercase=lowercase,
+        wer_remove_punctuation=remove_punctuation,
+    )["wer"]
+    assert result.score == pytest.approx(expected)
+    assert signature_part in result.signature
+
+
+def test_wer_punctuation_removal_applies_to_both_sides() -> None:
+    result = score_corpus(["dont stop !"], [["don't stop"]], ["wer"], wer_remove_punctuation=True)[
+        "wer"
+    ]
+    assert result.score == pytest.approx(0.0)
+
+
+def test_wer_uses_the_first_reference_only() -> None:
+    results = score_corpus(["a b"], [["a c"], ["a b"]], ["wer", "bleu"])
+    assert results["wer"].score == pytest.approx(50.0)
+    assert results["wer"].signature.startswith("nrefs:1|")
+    assert results["bleu"].signature.startswith("nrefs:2|")
+
+
+def test_results_follow_request_order_without_duplicates() -> None:
+    results = score_corpus(HYPOTHESES, [REFERENCE], ["WER", "bleu", "wer", "chrf"])
+    assert list(results) == ["wer", "bleu", "chrf"]
+    assert all(isinstance(result, MetricResult) for result in results.values())
+    round_trip = json.loads(json.dumps({k: v.to_dict() for k, v in results.items()}))
+    assert round_trip["bleu"]["score"] == pytest.approx(results["bleu"].score)
+    assert set(round_trip["wer"]) == {"name", "score", "signature", "details"}
+
+
+def test_unknown_metric_is_a_config_error_listing_known_ones() -> None:
+    with pytest.raises(ConfigError, match="meteor") as error:
+        score_corpus(HYPOTHESES, [REFERENCE], ["bleu", "meteor"])
+    for name in KNOWN_METRICS:
+        assert name in str(error.value)
+
+
+def test_no_metrics_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        score_corpus(HYPOTHESES, [REFERENCE], [])
+
+
+def test_unknown_tokenizer_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="tokenize=moses.*13a"):
+        score_corpus(HYPOTHESES, [REFERENCE], ["bleu"], tokenize="moses")
+
+
+def test_reference_stream_of_other_length_is_a_data_error() -> None:
+    # sacrebleu itself silently scores the shorter prefix; we refuse.
+    with pytest.raises(DataError, match="reference stream 2 has 2 segments but there are 3"):
+        score_corpus(HYPOTHESES, [REFERENCE, SECOND_REFERENCE[:2]], ["bleu"])
+
+
+def test_empty_hypotheses_are_a_data_error() -> None:
+    with pytest.raises(DataError, match="no hypotheses"):
+        score_corpus([], [[]], ["bleu"])
+
+
+def test_flat_reference_list_is_rejected_with_a_hint() -> None:
+    with pytest.raises(TypeError, match=r"\[references\]"):
+        score_corpus(HYPOTHESES, REFERENCE, ["bleu"])  # type: ignore[arg-type]

@@ -1,0 +1,466 @@
+"""Beam search and sampling against a small deterministic model with a real incremental cache."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Optional
+
+import pytest
+import torch
+from torch import nn
+
+from nmtkit.errors import ConfigError
+from nmtkit.generation import SearchConfig, SequenceGenerator
+from nmtkit.generation.ngram_blocking import block_repeated_ngrams
+
+BOS, PAD, EOS, UNK = 0, 1, 2, 3
+VOCAB = 12
+DIM = 16
+
+
+class ToyTranslationModel(nn.Module):
+    """Embedding encoder; GRU decoder with causal attention over its past states and the source.
+
+    The incremental state caches the GRU state and the growing history of decoder states (like a
+    transformer's self-attention keys), so a wrong cache reorder changes the scores.
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        sharpness: float = 4.0,
+        token_bias: Optional[dict[int, float]] = None,
+        max_positions: int = 64,
+    ) -> None:
+        super().__init__()
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(VOCAB, DIM, padding_idx=PAD)
+        self.cell = nn.GRUCell(DIM, DIM)
+        self.output = nn.Linear(3 * DIM, VOCAB)
+        torch.random.set_rng_state(generator_state)
+        self.sharpness = sharpness
+        bias = torch.zeros(VOCAB)
+        for token, value in (token_bias or {}).items():
+            bias[token] = value
+        self.register_buffer("token_bias", bias)
+        self.max_positions = max_positions
+        self.decoded_rows: list[int] = []
+
+    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "encoder_out": self.embed(src_tokens),
+            "encoder_padding_mask": src_tokens.eq(PAD),
+        }
+
+    @staticmethod
+    def _attend(
+        query: torch.Tensor, keys: torch.Tensor, mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        weights = torch.einsum("rd,rsd->rs", query, keys) / math.sqrt(DIM)
+        if mask is not None:
+            weights = weights.masked_fill(mask, -math.inf)
+        return torch.einsum("rs,rsd->rd", torch.softmax(weights, dim=1), keys)
+
+    def _step(
+        self, token: torch.Tensor, hidden: torch.Tensor, history: torch.Tensor, encoder_out: dict
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hidden = self.cell(self.embed(token), hidden)
+        history = torch.cat([history, hidden.unsqueeze(1)], dim=1)
+        features = torch.cat(
+            [
+                hidden,
+                self._attend(hidden, history),
+                self._attend(
+                    hidden, encoder_out["encoder_out"], encoder_out["encoder_padding_mask"]
+                ),
+            ],
+            dim=1,
+        )
+        logits = self.output(features) * self.sharpness + self.token_bias
+        return logits, hidden, history
+
+    def decode(
+        self,
+        prev_output_tokens: torch.Tensor,
+        encoder_out: dict[str, torch.Tensor],
+        incremental_state: Optional[dict[str, Any]] = None,
+    ) -> torch.Tensor:
+        rows, length = prev_output_tokens.shape
+        self.decoded_rows.append(rows)
+        if incremental_state is not None and "hidden" in incremental_state:
+            assert incremental_state["history"].size(1) == length - 1, "cache out of step"
+            hidden, history = incremental_state["hidden"], incremental_state["history"]
+            positions = [length - 1]
+        else:
+            hidden = torch.zeros(rows, DIM)
+            history = torch.zeros(rows, 0, DIM)
+            positions = range(length)
+        all_logits = []
+        for position in positions:
+            logits, hidden, history = self._step(
+                prev_output_tokens[:, position], hidden, history, encoder_out
+            )
+            all_logits.append(logits)
+        if incremental_state is not None:
+            incremental_state["hidden"], incremental_state["history"] = hidden, history
+            return all_logits[-1].unsqueeze(1)
+        return torch.stack(all_logits, dim=1)
+
+    def forward(
+        self, src_tokens: torch.Tensor, src_lengths: torch.Tensor, prev_output_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        return self.decode(prev_output_tokens, self.encode(src_tokens, src_lengths))
+
+    def reorder_encoder_out(self, encoder_out: dict, new_order: torch.Tensor) -> dict:
+        return {key: value.index_select(0, new_order) for key, value in encoder_out.items()}
+
+    def reorder_incremental_state(self, incremental_state: dict, new_order: torch.Tensor) -> None:
+        for key, value in incremental_state.items():
+            incremental_state[key] = value.index_select(0, new_order)
+
+    def max_decoder_positions(self) -> int:
+        return self.max_positions
+
+
+class RecomputingModel(nn.Module):
+    """Wraps a model and ignores the cache: every step recomputes the whole prefix."""
+
+    def __init__(self, model: ToyTranslationModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> dict:
+        return self.model.encode(src_tokens, src_lengths)
+
+    def decode(self, prev_output_tokens, encoder_out, incremental_state=None) -> torch.Tensor:
+        return self.model.decode(prev_output_tokens, encoder_out)[:, -1:]
+
+    def reorder_encoder_out(self, encoder_out: dict, new_order: torch.Tensor) -> dict:
+        return self.model.reorder_encoder_out(encoder_out, new_order)
+
+    def reorder_incremental_state(self, incremental_state: dict, new_order: torch.Tensor) -> None:
+        pass
+
+    def max_decoder_positions(self) -> int:
+        return self.model.max_decoder_positions()
+
+
+def make_sources(lengths: list[int], seed: int = 0) -> list[list[int]]:
+    generator = random.Random(seed)
+    return [[generator.randrange(4, VOCAB) for _ in range(n - 1)] + [EOS] for n in lengths]
+
+
+def left_padded(sources: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(source) for source in sources)
+    tokens = torch.full((len(sources), width), PAD, dtype=torch.long)
+    for row, source in enumerate(sources):
+        tokens[row, width - len(source) :] = torch.tensor(source)
+    return tokens, torch.tensor([len(source) for source in sources])
+
+
+def generator_for(models: list[nn.Module], **options: Any) -> SequenceGenerator:
+    options.setdefault("max_len_b", 10)
+    return SequenceGenerator(
+        models, SearchConfig(**options), pad=PAD, eos=EOS, unk=UNK, bos=BOS, vocab_size=VOCAB
+    )
+
+
+def translate(models: list[nn.Module], sources: list[list[int]], **options: Any) -> list:
+    seed = options.pop("seed", None)
+    prefix = options.pop("prefix_tokens", None)
+    src_tokens, src_lengths = left_padded(sources)
+    return generator_for(models, **options).generate(src_tokens, src_lengths, prefix, seed=seed)
+
+
+def assert_same_hypotheses(first: list, second: list, tolerance: float = 1e-4) -> None:
+    assert len(first) == len(second)
+    for hyps_a, hyps_b in zip(first, second, strict=True):
+        assert len(hyps_a) == len(hyps_b)
+        for hyp_a, hyp_b in zip(hyps_a, hyps_b, strict=True):
+            assert hyp_a["tokens"].tolist() == hyp_b["tokens"].tolist()
+            assert hyp_a["score"] == pytest.approx(hyp_b["score"], abs=tolerance)
+            torch.testing.assert_close(
+                hyp_a["positional_scores"], hyp_b["positional_scores"], atol=tolerance, rtol=0
+            )
+
+
+SOURCES = make_sources([5, 3, 7, 4, 6, 2])
+
+
+@pytest.fixture(autouse=True)
+def no_autograd() -> Any:
+    with torch.no_grad():
+        yield
+
+
+def test_beam_one_equals_handwritten_greedy_decoding() -> None:
+    model = ToyTranslationModel(seed=1).eval()
+    results = translate([model], SOURCES, beam=1, max_len_b=12)
+    for source, hypotheses in zip(SOURCES, results, strict=True):
+        src_tokens, src_lengths = left_padded([source])
+        prefix, lprob_sum = [EOS], 0.0
+        for step in range(13):
+            logits = model(src_tokens, src_lengths, torch.tensor([prefix]))[0, -1]
+            lprobs = torch.log_softmax(logits, dim=-1)
+            lprobs[[PAD, BOS]] = -math.inf
+            token = EOS if step == 12 else int(lprobs.argmax())
+            prefix.append(token)
+            lprob_sum += float(lprobs[token])
+            if token == EOS:
+                break
+        (hypothesis,) = hypotheses
+        assert hypothesis["tokens"].tolist() == prefix[1:]
+        assert hypothesis["score"] == pytest.approx(lprob_sum / len(prefix[1:]), abs=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"no_repeat_ngram_size": 2, "lenpen": 0.5}])
+def test_cached_decoding_matches_recomputing_the_prefix(options: dict) -> None:
+    model = ToyTranslationModel(seed=2, sharpness=2.0).eval()
+    cached = translate([model], SOURCES, beam=4, nbest=4, **options)
+    recomputed = translate([RecomputingModel(model)], SOURCES, beam=4, nbest=4, **options)
+    assert_same_hypotheses(cached, recomputed)
+    assert any(len(hyp["tokens"]) > 3 for hyps in cached for hyp in hyps)
+
+
+@pytest.mark.parametrize("lenpen", [0.0, 0.6, 1.0, 2.0])
+def test_score_is_sum_of_positional_scores_over_length_power_lenpen(lenpen: float) -> None:
+    model = ToyTranslationModel(seed=3).eval()
+    results = translate([model], SOURCES, beam=3, nbest=3, lenpen=lenpen)
+    for hypotheses in results:
+        assert len(hypotheses) == 3
+        for hypothesis in hypotheses:
+            tokens, positional = hypothesis["tokens"], hypothesis["positional_scores"]
+            assert tokens[-1] == EOS and EOS not in tokens[:-1].tolist()
+            assert positional.shape == tokens.shape
+            expected = float(positional.sum()) / len(tokens) ** lenpen
+            assert hypothesis["score"] == pytest.approx(expected, abs=1e-5)
+            assert hypothesis["alignment"] is None
+
+
+def test_ensemble_of_the_same_model_twice_equals_the_model() -> None:
+    model = ToyTranslationModel(seed=4).eval()
+    alone = translate([model], SOURCES, beam=3, nbest=2)
+    twice = translate([model, model], SOURCES, beam=3, nbest=2)
+    assert_same_hypotheses(alone, twice)
+
+
+def test_ensemble_averages_probabilities() -> None:
+    first, second = ToyTranslationModel(seed=5).eval(), ToyTranslationModel(seed=6).eval()
+    source = SOURCES[0]
+    (hypothesis,) = translate([first, second], [source], beam=2)[0]
+    src_tokens, src_lengths = left_padded([source])
+    prev = torch.cat([torch.tensor([EOS]), hypothesis["tokens"][:-1]]).unsqueeze(0)
+    probs = sum(torch.softmax(m(src_tokens, src_lengths, prev)[0], -1) for m in (first, second))
+    expected = (probs / 2).log().gather(1, hypothesis["tokens"].unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(hypothesis["positional_scores"], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sampling", [False, True])
+def test_outputs_do_not_depend_on_batch_composition_or_order(sampling: bool) -> None:
+    model = ToyTranslationModel(seed=7).eval()
+    options = {"beam": 4, "nbest": 3, "max_len_a": 1.0, "max_len_b": 2, "no_repeat_ngram_size": 3}
+    if sampling:
+        # Sampling draws depend on the batch; top-1 sampling is deterministic and still runs
+        # the sampling path with its per-row batch shrinking.
+        options.update(sampling=True, sampling_topk=1, seed=0)
+    alone = [translate([model], [source], **options)[0] for source in SOURCES]
+    order = list(range(len(SOURCES)))
+    random.Random(0).shuffle(order)
+    shuffled = translate([model], [SOURCES[index] for index in order], **options)
+    assert_same_hypotheses([alone[index] for index in order], shuffled)
+
+
+def test_nbest_hypotheses_are_distinct_and_sorted_best_first() -> None:
+    model = ToyTranslationModel(seed=8, sharpness=1.5).eval()
+    for hypotheses in translate([model], SOURCES, beam=5, nbest=5):
+        assert len(hypotheses) == 5
+        token_lists = [tuple(hyp["tokens"].tolist()) for hyp in hypotheses]
+        assert len(set(token_lists)) == 5
+        scores = [hyp["score"] for hyp in hypotheses]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_larger_beam_finds_no_worse_best_hypothesis_on_average() -> None:
+    model = ToyTranslationModel(seed=9, sharpness=1.5).eval()
+    narrow = translate([model], SOURCES, beam=1)
+    wide = translate([model], SOURCES, beam=6)
+    assert sum(h[0]["score"] for h in wide) >= sum(h[0]["score"] for h in narrow)
+
+
+def has_repeated_ngram(tokens: list[int], size: int) -> bool:
+    ngrams = [tuple(tokens[i : i + size]) for i in range(len(tokens) - size + 1)]
+    return len(ngrams) != len(set(ngrams))
+
+
+@pytest.mark.parametrize("sampling", [False, True])
+def test_no_repeat_ngram_size_is_respected(sampling: bool) -> None:
+    # A strong bias towards two tokens makes repetitions likely without blocking.
+    model = ToyTranslationModel(seed=10, token_bias={5: 3.0, 6: 3.0, EOS: -4.0}).eval()
+    options = {"beam": 3, "nbest": 3, "max_len_b": 12, "sampling": sampling, "seed": 0}
+    unblocked = translate([model], SOURCES, **options)
+    assert any(has_repeated_ngram(h["tokens"].tolist(), 2) for hs in unblocked for h in hs)
+    blocked = translate([model], SOURCES, no_repeat_ngram_size=2, **options)
+    for hypotheses in blocked:
+        assert hypotheses
+        for hypothesis in hypotheses:
+            assert not has_repeated_ngram([EOS, *hypothesis["tokens"][:-1].tolist()], 2)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_ngram_blocking_matches_a_direct_count(size: int) -> None:
+    generator = torch.Generator().manual_seed(size)
+    tokens = torch.randint(4, 8, (6, 7), generator=generator)
+    lprobs = torch.zeros(6, 8)
+    block_repeated_ngrams(lprobs, tokens, size)
+    for row in range(6):
+        history = tokens[row].tolist()
+        for token in range(8):
+            repeats = has_repeated_ngram([*history, token], size) and not has_repeated_ngram(
+                history, size
+            )
+            blocked = lprobs[row, token] == -math.inf
+            if not has_repeated_ngram(history, size):
+                assert blocked == repeats
+            else:
+                new_ngram = tuple([*history, token][len(history) + 1 - size :])
+                earlier = {
+                    tuple(history[i : i + size]) for i in range(len(history) - size + 1)
+                }
+                assert blocked == (new_ngram in earlier)
+
+
+def test_sampling_is_reproducible_with_a_seed_and_varies_across_seeds() -> None:
+    model = ToyTranslationModel(seed=11, sharpness=1.0).eval()
+    options = {"sampling": True, "beam": 4, "nbest": 4}
+    first = translate([model], SOURCES, seed=123, **options)
+    again = translate([model], SOURCES, seed=123, **options)
+    other = translate([model], SOURCES, seed=456, **options)
+    assert_same_hypotheses(first, again, tolerance=0.0)
+    tokens = lambda results: [[h["tokens"].tolist() for h in hs] for hs in results]  # noqa: E731
+    assert tokens(first) != tokens(other)
+    samples = [h["tokens"].tolist() for hs in first for h in hs]
+    assert len({tuple(sample) for sample in samples}) > len(SOURCES)
+
+
+@pytest.mark.parametrize("restriction", [{"sampling_topk": 1}, {"sampling_topp": 1e-6}])
+def test_sampling_restricted_to_the_top_token_is_greedy_decoding(restriction: dict) -> None:
+    model = ToyTranslationModel(seed=12, sharpness=1.0).eval()
+    greedy = translate([model], SOURCES, beam=1)
+    sampled = translate([model], SOURCES, sampling=True, beam=3, nbest=3, seed=0, **restriction)
+    for greedy_hyps, samples in zip(greedy, sampled, strict=True):
+        for sample in samples:
+            assert sample["tokens"].tolist() == greedy_hyps[0]["tokens"].tolist()
+            assert sample["score"] == pytest.approx(greedy_hyps[0]["score"], abs=1e-5)
+
+
+def test_sampling_topk_draws_only_among_the_k_most_likely_tokens() -> None:
+    model = ToyTranslationModel(seed=13, sharpness=0.5).eval()
+    (sample,) = translate([model], [SOURCES[0]], sampling=True, beam=1, sampling_topk=2, seed=1)[0]
+    src_tokens, src_lengths = left_padded([SOURCES[0]])
+    prev = torch.cat([torch.tensor([EOS]), sample["tokens"][:-1]]).unsqueeze(0)
+    logits = model(src_tokens, src_lengths, prev)[0]
+    logits[:, [PAD, BOS]] = -math.inf
+    among_top2 = (logits.topk(2, dim=1).indices == sample["tokens"].unsqueeze(1)).any(dim=1)
+    # The eos forced at the maximum length (10 tokens) is exempt.
+    checked = among_top2 if len(sample["tokens"]) <= 10 else among_top2[:-1]
+    assert checked.all() and len(checked) > 3
+
+
+def test_min_len_forbids_early_end_of_sentence() -> None:
+    model = ToyTranslationModel(seed=14, token_bias={EOS: 3.0}).eval()
+    short = translate([model], SOURCES, beam=3, nbest=3)
+    assert min(len(h["tokens"]) - 1 for hs in short for h in hs) < 4
+    for sampling in (False, True):
+        results = translate([model], SOURCES, beam=3, nbest=3, min_len=4, sampling=sampling)
+        for hypotheses in results:
+            assert hypotheses
+            assert all(len(h["tokens"]) - 1 >= 4 for h in hypotheses)
+
+
+def test_max_length_is_respected_per_sentence_and_by_model_positions() -> None:
+    model = ToyTranslationModel(seed=15, token_bias={EOS: -20.0}).eval()
+    results = translate([model], SOURCES, beam=2, nbest=2, max_len_a=1.0, max_len_b=1)
+    for source, hypotheses in zip(SOURCES, results, strict=True):
+        for hypothesis in hypotheses:
+            # Without a likely eos every hypothesis runs to the limit, then ends with eos.
+            assert len(hypothesis["tokens"]) - 1 == len(source) + 1
+            assert hypothesis["tokens"][-1] == EOS
+    capped = ToyTranslationModel(seed=15, token_bias={EOS: -20.0}, max_positions=4).eval()
+    for sampling in (False, True):
+        for hypotheses in translate([capped], SOURCES, beam=2, max_len_b=50, sampling=sampling):
+            assert len(hypotheses[0]["tokens"]) - 1 == 3
+
+
+def test_finished_sentences_leave_the_batch() -> None:
+    model = ToyTranslationModel(seed=16, token_bias={EOS: -20.0}).eval()
+    sources = make_sources([2, 9])
+    translate([model], sources, beam=3, max_len_a=1.0, max_len_b=0)
+    # The short sentence stops after step 2: from then on only the long one's 3 beams run.
+    assert model.decoded_rows == [6, 6, 6] + [3] * 7
+
+
+def test_prefix_tokens_are_forced() -> None:
+    model = ToyTranslationModel(seed=17).eval()
+    prefix = torch.full((len(SOURCES), 3), PAD, dtype=torch.long)
+    prefix[:, :2] = torch.tensor([7, 8])
+    prefix[0, 2] = 9
+    prefix[1] = PAD  # nothing forced for this sentence
+    free = translate([model], SOURCES, beam=4, nbest=4)
+    for sampling in (False, True):
+        results = translate(
+            [model], SOURCES, beam=4, nbest=4, prefix_tokens=prefix, prefix_size=3, sampling=sampling
+        )
+        for row, hypotheses in enumerate(results):
+            assert hypotheses
+            forced = [token for token in prefix[row].tolist() if token != PAD]
+            for hypothesis in hypotheses:
+                assert hypothesis["tokens"][: len(forced)].tolist() == forced
+            if row == 1 and not sampling:
+                assert_same_hypotheses([hypotheses], [free[1]])
+
+
+def test_prefix_size_without_prefix_tokens_is_a_config_error() -> None:
+    model = ToyTranslationModel().eval()
+    with pytest.raises(ConfigError, match="prefix_size=2"):
+        translate([model], SOURCES, prefix_size=2)
+
+
+def test_invalid_search_config_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="nbest=3"):
+        generator_for([ToyTranslationModel()], beam=2, nbest=3)
+
+
+def test_unkpen_reduces_unknown_tokens() -> None:
+    model = ToyTranslationModel(seed=18, token_bias={UNK: 2.5}).eval()
+    count_unk = lambda results: sum(  # noqa: E731
+        h["tokens"].tolist().count(UNK) for hs in results for h in hs
+    )
+    plain = translate([model], SOURCES, beam=3, nbest=3)
+    penalized = translate([model], SOURCES, beam=3, nbest=3, unkpen=3.0)
+    assert count_unk(penalized) < count_unk(plain)
+    assert count_unk(translate([model], SOURCES, beam=3, nbest=3, unkpen=100.0)) == 0
+
+
+def test_pad_and_bos_are_never_generated() -> None:
+    model = ToyTranslationModel(seed=19, token_bias={PAD: 6.0, BOS: 6.0}).eval()
+    for sampling in (False, True):
+        for hypotheses in translate([model], SOURCES, beam=3, nbest=3, sampling=sampling):
+            for hypothesis in hypotheses:
+                assert not {PAD, BOS} & set(hypothesis["tokens"].tolist())
+
+
+def test_temperature_flattens_beam_search_scores() -> None:
+    model = ToyTranslationModel(seed=20).eval()
+    source = [SOURCES[0]]
+    (plain,) = translate([model], source, beam=1)[0]
+    (hot,) = translate([model], source, beam=1, temperature=2.0)[0]
+    src_tokens, src_lengths = left_padded(source)
+    prev = torch.cat([torch.tensor([EOS]), hot["tokens"][:-1]]).unsqueeze(0)
+    logits = model(src_tokens, src_lengths, prev)[0] / 2.0
+    expected = torch.log_softmax(logits, -1).gather(1, hot["tokens"].unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(hot["positional_scores"], expected, atol=1e-5, rtol=0)
+    # Greedy choices do not change with temperature, but the flatter distribution scores lower.
+    assert hot["tokens"].tolist() == plain["tokens"].tolist()
+    assert hot["score"] < plain["score"]
