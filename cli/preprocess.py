@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import json
 import logging
 import sys
@@ -51,13 +53,15 @@ def summary(manifest: dict, elapsed_seconds: float) -> str:
     return "\n".join(lines)
 
 
-def cli_main() -> None:
+def cli_main(argv: Sequence[str] | None = None) -> None:
     run_cli(
         main,
         config_name="nmtkit_preprocess",
         config_class=PreprocessConfig,
         groups={},
         top_level={"nmtkit_preprocess": PreprocessConfig},
+        argv=argv,
+        program="nmtkit-preprocess",
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gzip
 import json
 import sys
@@ -197,13 +199,15 @@ def main(cfg: ScoreConfig) -> dict[str, Any]:
     return report
 
 
-def cli_main() -> None:
+def cli_main(argv: Sequence[str] | None = None) -> None:
     run_cli(
         main,
         config_name="nmtkit_score",
         config_class=ScoreConfig,
         groups={},
         top_level={"nmtkit_score": ScoreConfig},
+        argv=argv,
+        program="nmtkit-score",
     )
 
 

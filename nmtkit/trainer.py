@@ -105,11 +105,12 @@ def train(cfg: TrainConfig) -> Progress:
         # After the data iterator exists: building it must not shift the random streams.
         restore_rng_state(training_state["rng"], device)
 
+    if context.is_main_process:
+        write_run_files(save_dir, cfg, task.data_fingerprint())
     logger = RunLogger(
         save_dir, cfg.common.log_format, cfg.common.tensorboard_logdir, context.is_main_process
     )
     if context.is_main_process:
-        write_run_files(save_dir, cfg, task.data_fingerprint())
         logger.info(describe_run(cfg, model, device, context, progress, resume_state is not None))
     ddp_model = distributed.wrap_model(model, context, cfg.distributed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -143,6 +144,11 @@ def train(cfg: TrainConfig) -> Progress:
                         loss, batch_size, logging_output = task.train_step(
                             ddp_model, criterion, sample
                         )
+                    if sample.get("is_dummy"):
+                        # A shard one batch short repeats a batch so DDP ranks stay in step;
+                        # it must add nothing to gradients or statistics.
+                        loss, batch_size = loss * 0.0, 0
+                        logging_output = {k: 0 for k in logging_output}
                     scaler.scale(loss).backward()
                 sample_size += batch_size
                 logging_sums = add_logging(logging_sums, logging_output, device)

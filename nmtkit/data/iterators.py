@@ -42,7 +42,6 @@ STATE_VERSION = 1
 class BatchableDataset(Protocol):
     """What the iterator needs from a dataset (LanguagePairDataset provides it)."""
 
-    name: str
     src_sizes: np.ndarray
     tgt_sizes: Optional[np.ndarray]
 
@@ -143,6 +142,7 @@ class EpochIterator:
         self._num_workers = num_workers
         self._pin_memory = pin_memory
         self._loader_iterator: Optional[Iterator[dict[str, Any]]] = None
+        self._generation = owner._generation
         self.yielded = 0
 
     def __len__(self) -> int:
@@ -157,6 +157,12 @@ class EpochIterator:
     def __next__(self) -> dict[str, Any]:
         if not self.has_next():
             raise StopIteration
+        if self._generation != self._owner._generation:
+            # Counting its batches would corrupt the position that state_dict() saves.
+            raise RuntimeError(
+                "this epoch iterator was superseded by a later next_epoch_itr() or "
+                "load_state_dict() call"
+            )
         if self._loader_iterator is None:
             # Created on first use so that workers start only when batches are wanted.
             loader = DataLoader(
@@ -165,6 +171,9 @@ class EpochIterator:
                 collate_fn=_already_collated,
                 num_workers=self._num_workers,
                 pin_memory=self._pin_memory,
+                # Its own generator: creating a DataLoader iterator otherwise draws from the
+                # global torch RNG, which would shift dropout masks after an exact resume.
+                generator=torch.Generator().manual_seed(self._owner.params.seed),
             )
             self._loader_iterator = iter(loader)
         sample = next(self._loader_iterator)
@@ -213,6 +222,8 @@ class EpochBatchIterator:
             raise ConfigError("; ".join(errors))
         max_source_positions, max_target_positions = max_positions or (None, None)
         self.dataset = dataset
+        # Named in error messages (LanguagePairDataset: the binarized source file's prefix).
+        self.dataset_name: str = getattr(dataset, "name", type(dataset).__name__)
         self.params = BatchingParams(
             max_tokens=max_tokens,
             batch_size=batch_size,
@@ -237,6 +248,7 @@ class EpochBatchIterator:
         self._consumed_in_segment = 0
         self._plan: Optional[list[PlannedBatch]] = None
         self._epoch_started = False
+        self._generation = 0  # bumped whenever earlier EpochIterators stop being valid
 
     # ---- sizes --------------------------------------------------------------------------
     def _valid_mask(self, params: BatchingParams) -> np.ndarray:
@@ -264,7 +276,7 @@ class EpochBatchIterator:
                 else ""
             )
             message = (
-                f"{dataset.name}: {num_filtered} of {len(valid)} pairs are longer than "
+                f"{self.dataset_name}: {num_filtered} of {len(valid)} pairs are longer than "
                 f"max_source_positions={params.max_source_positions}/"
                 f"max_target_positions={params.max_target_positions} (longest: pair {longest} "
                 f"with {int(dataset.src_sizes[longest])} source{target} tokens)"
@@ -280,8 +292,8 @@ class EpochBatchIterator:
             longest = int(np.argmax(sizes))
             if sizes[longest] > params.max_tokens:
                 raise ConfigError(
-                    f"dataset.max_tokens={params.max_tokens}: {dataset.name} pair {longest} has "
-                    f"{int(sizes[longest])} tokens and cannot fit in any batch; raise "
+                    f"dataset.max_tokens={params.max_tokens}: {self.dataset_name} pair {longest} "
+                    f"has {int(sizes[longest])} tokens and cannot fit in any batch; raise "
                     "dataset.max_tokens or lower max_source_positions/max_target_positions "
                     "with dataset.skip_invalid_size_inputs=true"
                 )
@@ -367,6 +379,7 @@ class EpochBatchIterator:
             self._consumed_in_segment = 0
             self._plan = None
         self._epoch_started = True
+        self._generation += 1
         remaining = self._current_plan()[self._consumed_in_segment :]
         return EpochIterator(self, remaining, self.num_workers, self.pin_memory)
 
@@ -394,9 +407,12 @@ class EpochBatchIterator:
                 f"data iterator state version {state.get('version')!r} is not supported "
                 f"(expected {STATE_VERSION})"
             )
-        if int(state["dataset_size"]) != len(self.dataset):
+        # At an epoch start nothing is resumed, so the next epoch may read another dataset
+        # (e.g. round-robin over data directories).
+        mid_epoch = int(state["iterations_in_epoch"]) > 0
+        if mid_epoch and int(state["dataset_size"]) != len(self.dataset):
             raise DataError(
-                f"{self.dataset.name}: the data iterator state was saved for "
+                f"{self.dataset_name}: the data iterator state was saved for "
                 f"{state['dataset_size']} pairs but the dataset has {len(self.dataset)}; the "
                 "epoch cannot resume where it stopped (start it afresh with "
                 "checkpoint.reset_dataloader=true)"
@@ -419,6 +435,7 @@ class EpochBatchIterator:
         self._earlier_segments = [(params, its) for params, its in segments if its]
         self._consumed_in_segment = consumed
         self._epoch_started = False
+        self._generation += 1
         self._plan = None
         if consumed > len(self._current_plan()):
             raise CheckpointError(

@@ -198,7 +198,7 @@ class SequenceGenerator:
         device = rows.tokens.device
         # Every beam starts from the same empty hypothesis: only beam 0 may expand at step 0.
         rows.scores = rows.scores.view(-1, beam)
-        pass
+        rows.scores[:, 1:] = -math.inf
         rows.scores = rows.scores.view(-1)
         finalized_count = torch.zeros(rows.tokens.size(0) // beam, dtype=torch.long, device=device)
         beam_offsets = torch.arange(beam, device=device)

@@ -10,8 +10,9 @@ its entry under its `cache_name` (unique within a model, e.g. "decoder.layers.0.
   self-attention:          {"key", "value"}: (batch, heads, steps so far, head_dim), grown
                            per step;
   encoder-decoder attention: {"key", "value"}: (batch, heads, source_len, head_dim) and
-                           "key_padding_mask": (batch, source_len) or absent, computed on the
-                           first step from the encoder output and reused afterwards.
+                           "attn_mask": (batch, 1, 1, source_len) bool, True = attend (absent
+                           without source padding), computed on the first step from the encoder
+                           output and reused afterwards.
 `reorder_cache` applies a beam-search reordering (index_select on the batch dimension) to all of
 them, so a cache stays consistent whatever permutation or selection is applied.
 """
@@ -86,7 +87,9 @@ class MultiheadAttention(nn.Module):
             self.kv_proj = nn.Linear(key_value_dim or embed_dim, 2 * embed_dim)
         else:
             if key_value_dim is not None and key_value_dim != embed_dim:
-                raise ValueError("self-attention uses its input as keys and values: no key_value_dim")
+                raise ValueError(
+                    "self-attention uses its input as keys and values: no key_value_dim"
+                )
             self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.reset_parameters()
@@ -131,30 +134,33 @@ class MultiheadAttention(nn.Module):
         incremental_state: decoding cache (see the module docstring); the new queries are the
             positions after those already cached.
         """
+        dropout_p = self.dropout if self.training else 0.0
         if self.encoder_decoder:
-            q, k, v, key_padding_mask = self._encoder_decoder_qkv(
+            q, k, v, mask = self._encoder_decoder_qkv(
                 query, key_value, key_padding_mask, incremental_state
             )
-            causal = False
+            output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         else:
             q, k, v = self._split_heads(self.qkv_proj(query), 3)
             if incremental_state is not None:
                 k, v = self._append_to_cache(k, v, incremental_state)
-
-        query_length, key_length = q.size(2), k.size(2)
-        dropout_p = self.dropout if self.training else 0.0
-        if key_padding_mask is None and causal and query_length == key_length:
-            # No explicit mask lets SDPA pick the flash kernel.
-            output = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:
-            # A single new query after cached keys sees all of them: no causal mask needed.
-            causal = causal and query_length > 1
-            mask = build_attention_mask(
-                key_padding_mask, query_length, key_length, causal, query.device
-            )
-            output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            query_length, key_length = q.size(2), k.size(2)
+            if key_padding_mask is None and causal and query_length == key_length:
+                # No explicit mask lets SDPA pick the flash kernel.
+                output = F.scaled_dot_product_attention(
+                    q, k, v, dropout_p=dropout_p, is_causal=True
+                )
+            else:
+                # A single new query after cached keys sees all of them: no causal mask needed.
+                causal = causal and query_length > 1
+                mask = build_attention_mask(
+                    key_padding_mask, query_length, key_length, causal, query.device
+                )
+                output = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout_p
+                )
         batch = output.size(0)
-        output = output.transpose(1, 2).reshape(batch, query_length, self.embed_dim)
+        output = output.transpose(1, 2).reshape(batch, query.size(1), self.embed_dim)
         return self.out_proj(output)
 
     def _encoder_decoder_qkv(
@@ -164,19 +170,22 @@ class MultiheadAttention(nn.Module):
         key_padding_mask: Optional[torch.Tensor],
         incremental_state: Optional[IncrementalState],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Query, keys, values and the SDPA mask, from the cache after the first step."""
         (q,) = self._split_heads(self.q_proj(query), 1)
         cached = incremental_state.get(self.cache_name) if incremental_state is not None else None
         if cached is not None:
-            return q, cached["key"], cached["value"], cached.get("key_padding_mask")
+            return q, cached["key"], cached["value"], cached.get("attn_mask")
         if key_value is None:
             raise ValueError("encoder-decoder attention needs key_value (the encoder output)")
         k, v = self._split_heads(self.kv_proj(key_value), 2)
+        # The mask does not depend on the query position, so decoding builds it once.
+        mask = build_attention_mask(key_padding_mask, q.size(2), k.size(2), False, query.device)
         if incremental_state is not None:
             entry = {"key": k, "value": v}
-            if key_padding_mask is not None:
-                entry["key_padding_mask"] = key_padding_mask
+            if mask is not None:
+                entry["attn_mask"] = mask
             incremental_state[self.cache_name] = entry
-        return q, k, v, key_padding_mask
+        return q, k, v, mask
 
     def _append_to_cache(
         self, k: torch.Tensor, v: torch.Tensor, incremental_state: IncrementalState
@@ -201,4 +210,3 @@ class MultiheadAttention(nn.Module):
         incremental_state[self.cache_name] = {
             name: tensor.index_select(0, new_order) for name, tensor in cached.items()
         }
-

@@ -80,9 +80,7 @@ class TransformerEncoderLayer(_ResidualBlock):
         self.ffn = FeedForward(embed_dim, ffn_dim, activation_fn, activation_dropout)
         self.final_layer_norm = nn.LayerNorm(embed_dim)
 
-    def forward(
-        self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (batch, src_len, dim); padding_mask: (batch, src_len) bool, True at pads."""
         x = self._residual(
             x,

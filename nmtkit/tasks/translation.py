@@ -228,7 +228,8 @@ class TranslationTask(Task):
         autocast_dtype = AUTOCAST_DTYPES.get(cfg.common.precision)
         device = context.device
         sums: dict[str, float] = {}
-        batches = list(iterator.next_epoch_itr())
+        # Dummy batches only keep DDP ranks in step; counting them would count sentences twice.
+        batches = [b for b in iterator.next_epoch_itr() if not b.get("is_dummy")]
         for sample in batches:
             sample = distributed.move_to_device(sample, device)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -39,8 +40,13 @@ def reference_attention(
 
 
 @pytest.fixture(autouse=True)
-def seed() -> None:
+def seed_and_one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from threads, and on a busy machine threads cost a lot."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_self_attention_matches_reference_with_padding_and_causal_mask() -> None:

@@ -203,3 +203,58 @@ def test_worker_processes_give_the_same_batches(dataset: LanguagePairDataset) ->
     epoch = iterator.next_epoch_itr()
     assert ids_of(list(epoch)) == in_process
     assert iterator.iterations_in_epoch == len(in_process)
+
+
+def test_a_superseded_epoch_iterator_refuses_to_continue(dataset: LanguagePairDataset) -> None:
+    iterator = make(dataset)
+    old = iterator.next_epoch_itr()
+    next(old)
+    new = iterator.next_epoch_itr()  # mid-epoch: continues the same epoch
+    assert iterator.epoch == 1 and len(new) == len(iterator) - 1
+    with pytest.raises(RuntimeError, match="superseded"):
+        next(old)
+    next(new)
+    assert iterator.iterations_in_epoch == 2
+
+
+def test_exact_resume_after_a_resume_with_changed_batching(dataset: LanguagePairDataset) -> None:
+    first_run = make(dataset)
+    epoch = first_run.next_epoch_itr()
+    next(epoch), next(epoch)
+    changed_state = roundtrip(first_run.state_dict())
+
+    straight = make(dataset, batch_size=4)
+    straight.load_state_dict(changed_state)
+    expected = ids_of(list(straight.next_epoch_itr()))
+
+    interrupted = make(dataset, batch_size=4)
+    interrupted.load_state_dict(changed_state)
+    epoch = interrupted.next_epoch_itr()
+    head = ids_of([next(epoch) for _ in range(3)])
+    resumed = make(dataset, batch_size=4)
+    resumed.load_state_dict(roundtrip(interrupted.state_dict()))
+    assert resumed.iterations_in_epoch == 5
+    assert head + ids_of(list(resumed.next_epoch_itr())) == expected
+
+
+def test_resume_checks_the_dataset_only_mid_epoch(
+    dataset: LanguagePairDataset, tmp_path: Path
+) -> None:
+    rng = np.random.RandomState(1)
+    write_side(tmp_path / "other.src", rng.randint(1, 13, 10), rng)
+    write_side(tmp_path / "other.tgt", rng.randint(1, 13, 10), rng)
+    other = LanguagePairDataset(
+        MMapIndexedDataset(tmp_path / "other.src"),
+        dataset.src_dict,
+        MMapIndexedDataset(tmp_path / "other.tgt"),
+    )
+    iterator = make(dataset)
+    epoch = iterator.next_epoch_itr()
+    next(epoch)
+    with pytest.raises(DataError, match=f"saved for {NUM_PAIRS} pairs but the dataset has 10"):
+        make(other).load_state_dict(iterator.state_dict())
+    list(epoch)
+    next_dataset = make(other)
+    next_dataset.load_state_dict(iterator.state_dict())
+    assert next_dataset.epoch == 2
+    assert sorted(flat(ids_of(list(next_dataset.next_epoch_itr())))) == list(range(10))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from typing import Any, Optional
@@ -190,9 +191,13 @@ SOURCES = make_sources([5, 3, 7, 4, 6, 2])
 
 
 @pytest.fixture(autouse=True)
-def no_autograd() -> Any:
+def no_autograd_one_thread() -> Any:
+    """Tiny tensors gain nothing from threads, and on a busy machine threads cost a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with torch.no_grad():
         yield
+    torch.set_num_threads(threads)
 
 
 def test_beam_one_equals_handwritten_greedy_decoding() -> None:
@@ -280,6 +285,46 @@ def test_nbest_hypotheses_are_distinct_and_sorted_best_first() -> None:
         assert len(set(token_lists)) == 5
         scores = [hyp["score"] for hyp in hypotheses]
         assert scores == sorted(scores, reverse=True)
+
+
+def reference_beam_search(
+    model: nn.Module, source: list[int], beam: int, max_len: int, lenpen: float
+) -> list[tuple[list[int], float]]:
+    """Fairseq's rule, one sentence and one hypothesis at a time, recomputing every prefix."""
+    src_tokens, src_lengths = left_padded([source])
+    live: list[tuple[float, list[int]]] = [(0.0, [EOS])]
+    finalized: list[tuple[list[int], float]] = []
+    for step in range(max_len + 1):
+        candidates = []
+        for score, prefix in live:
+            logits = model(src_tokens, src_lengths, torch.tensor([prefix]))[0, -1]
+            lprobs = torch.log_softmax(logits, dim=-1).tolist()
+            for token in range(VOCAB):
+                allowed = token not in (PAD, BOS) and (step < max_len or token == EOS)
+                allowed = allowed and (step >= 1 or token != EOS)  # min_len=1
+                if allowed:
+                    candidates.append((score + lprobs[token], [*prefix, token]))
+        candidates.sort(key=lambda candidate: -candidate[0])
+        live = []
+        for rank, (score, tokens) in enumerate(candidates[: 2 * beam]):
+            if tokens[-1] == EOS:
+                if rank < beam and len(finalized) < beam:
+                    finalized.append((tokens[1:], score / (len(tokens) - 1) ** lenpen))
+            elif len(live) < beam:
+                live.append((score, tokens))
+        if len(finalized) == beam or step == max_len:
+            break
+    return sorted(finalized, key=lambda hypothesis: -hypothesis[1])
+
+
+@pytest.mark.parametrize("lenpen", [0.3, 1.0, 1.8])
+def test_beam_search_matches_a_one_sentence_reference(lenpen: float) -> None:
+    model = ToyTranslationModel(seed=23, sharpness=1.5).eval()
+    results = translate([model], SOURCES, beam=4, nbest=4, lenpen=lenpen, max_len_b=7)
+    for source, hypotheses in zip(SOURCES, results, strict=True):
+        expected = reference_beam_search(model, source, beam=4, max_len=7, lenpen=lenpen)
+        assert [h["tokens"].tolist() for h in hypotheses] == [tokens for tokens, _ in expected]
+        assert [h["score"] for h in hypotheses] == pytest.approx([s for _, s in expected], abs=1e-5)
 
 
 def test_larger_beam_finds_no_worse_best_hypothesis_on_average() -> None:
@@ -464,3 +509,108 @@ def test_temperature_flattens_beam_search_scores() -> None:
     # Greedy choices do not change with temperature, but the flatter distribution scores lower.
     assert hot["tokens"].tolist() == plain["tokens"].tolist()
     assert hot["score"] < plain["score"]
+
+
+# The same properties on nmtkit's transformer (random weights; one copy-trained model).
+
+TRANSFORMER_VOCAB = 20
+
+
+def tiny_transformer(seed: int, **changes: Any) -> nn.Module:
+    from nmtkit.models.transformer import TransformerModel, transformer_tiny
+
+    config = dataclasses.replace(transformer_tiny(), dropout=0.0, **changes)
+    torch.manual_seed(seed)
+    return TransformerModel(config, TRANSFORMER_VOCAB, TRANSFORMER_VOCAB, padding_idx=PAD).eval()
+
+
+def transformer_generator(models: list[nn.Module], **options: Any) -> SequenceGenerator:
+    options.setdefault("max_len_b", 8)
+    config = SearchConfig(**options)
+    return SequenceGenerator(
+        models, config, pad=PAD, eos=EOS, unk=UNK, bos=BOS, vocab_size=TRANSFORMER_VOCAB
+    )
+
+
+TRANSFORMER_SOURCES = [
+    [random.Random(n).randrange(4, TRANSFORMER_VOCAB) for _ in range(n)] + [EOS]
+    for n in (4, 1, 6, 3, 5)
+]
+
+
+def transformer_translate(models: list[nn.Module], sources: list[list[int]], **options: Any):
+    src_tokens, src_lengths = left_padded(sources)
+    return transformer_generator(models, **options).generate(src_tokens, src_lengths)
+
+
+@pytest.mark.parametrize("normalize_before", [False, True], ids=["post_norm", "pre_norm"])
+def test_transformer_cache_matches_recomputing_and_batching(normalize_before: bool) -> None:
+    model = tiny_transformer(
+        30, encoder_normalize_before=normalize_before, decoder_normalize_before=normalize_before
+    )
+    options = {"beam": 4, "nbest": 4, "max_len_a": 1.0, "max_len_b": 2}
+    cached = transformer_translate([model], TRANSFORMER_SOURCES, **options)
+    recomputed = transformer_translate([RecomputingModel(model)], TRANSFORMER_SOURCES, **options)
+    assert_same_hypotheses(cached, recomputed)
+    alone = [transformer_translate([model], [source], **options)[0] for source in TRANSFORMER_SOURCES]
+    assert_same_hypotheses(alone, cached)
+    for source, hypotheses in zip(TRANSFORMER_SOURCES, cached, strict=True):
+        assert all(len(h["tokens"]) - 1 <= len(source) + 2 for h in hypotheses)
+
+
+def test_transformer_beam_search_matches_reference_and_greedy() -> None:
+    model = tiny_transformer(31)
+    results = transformer_translate([model], TRANSFORMER_SOURCES, beam=3, nbest=3, max_len_b=5)
+    global VOCAB
+    saved_vocab, VOCAB = VOCAB, TRANSFORMER_VOCAB
+    try:
+        for source, hypotheses in zip(TRANSFORMER_SOURCES, results, strict=True):
+            expected = reference_beam_search(model, source, beam=3, max_len=5, lenpen=1.0)
+            assert [h["tokens"].tolist() for h in hypotheses] == [t for t, _ in expected]
+            scores = [h["score"] for h in hypotheses]
+            assert scores == pytest.approx([s for _, s in expected], abs=1e-5)
+    finally:
+        VOCAB = saved_vocab
+    greedy = transformer_translate([model], TRANSFORMER_SOURCES, beam=1)
+    src_tokens, src_lengths = left_padded(TRANSFORMER_SOURCES)
+    prefix = torch.full((len(TRANSFORMER_SOURCES), 1), EOS)
+    for _ in range(9):  # max_len_b=8 tokens, then the forced eos
+        lprobs = torch.log_softmax(model(src_tokens, src_lengths, prefix)[:, -1], dim=-1)
+        lprobs[:, [PAD, BOS]] = -math.inf
+        lprobs[:, EOS] = -math.inf if prefix.size(1) == 1 else lprobs[:, EOS]
+        if prefix.size(1) == 9:
+            lprobs = torch.where(torch.arange(TRANSFORMER_VOCAB) == EOS, lprobs, -math.inf)
+        prefix = torch.cat([prefix, lprobs.argmax(dim=1, keepdim=True)], dim=1)
+    for row, (hypothesis,) in enumerate(greedy):
+        length = len(hypothesis["tokens"])
+        assert hypothesis["tokens"].tolist() == prefix[row, 1 : length + 1].tolist()
+
+
+def test_transformer_ensemble_of_one_model_twice_equals_the_model() -> None:
+    model = tiny_transformer(32)
+    alone = transformer_translate([model], TRANSFORMER_SOURCES, beam=3, nbest=2)
+    twice = transformer_translate([model, model], TRANSFORMER_SOURCES, beam=3, nbest=2)
+    assert_same_hypotheses(alone, twice)
+
+
+def test_copy_trained_transformer_translates_by_copying() -> None:
+    model = tiny_transformer(33, encoder_normalize_before=True, decoder_normalize_before=True)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.98))
+    generator = torch.Generator().manual_seed(0)
+    with torch.enable_grad():
+        for update in range(120):
+            length = 2 + update % 5
+            words = torch.randint(4, TRANSFORMER_VOCAB, (32, length), generator=generator)
+            target = torch.cat([words, torch.full((32, 1), EOS)], dim=1)
+            prev_output_tokens = torch.cat([torch.full((32, 1), EOS), words], dim=1)
+            logits = model(target, torch.full((32,), length + 1), prev_output_tokens)
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    sources = [[4 + (7 * n + 3 * i) % 16 for i in range(2 + n % 5)] + [EOS] for n in range(10)]
+    results = transformer_translate([model], sources, beam=3, max_len_a=1.0, max_len_b=5)
+    copies = sum(hyps[0]["tokens"].tolist() == source for source, hyps in zip(sources, results))
+    assert copies >= 9
