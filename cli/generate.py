@@ -93,7 +93,9 @@ def main(cfg: GenerateConfig) -> None:
             out.close()
 
 
-def translate_binarized(cfg: GenerateConfig, task: Any, models: list, device: torch.device, out: IO[str]) -> None:
+def translate_binarized(
+    cfg: GenerateConfig, task: Any, models: list, device: torch.device, out: IO[str]
+) -> None:
     task.data_dirs = [Path(cfg.data)]
     dataset = task.load_dataset(cfg.subset)
     iterator = EpochBatchIterator(
@@ -109,7 +111,12 @@ def translate_binarized(cfg: GenerateConfig, task: Any, models: list, device: to
 
 
 def translate_lines(
-    cfg: GenerateConfig, task: Any, models: list, device: torch.device, lines: list[str], out: IO[str]
+    cfg: GenerateConfig,
+    task: Any,
+    models: list,
+    device: torch.device,
+    lines: list[str],
+    out: IO[str],
 ) -> None:
     """Translates one chunk of raw lines, writing results in input order; empty lines give
     empty outputs (they are not sent to the model)."""

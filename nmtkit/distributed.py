@@ -29,7 +29,6 @@ class DistributedConfig:
         return []
 
 
-
 @dataclass
 class DistributedContext:
     """Where this process runs and which part of the world it is."""
@@ -67,7 +66,9 @@ def setup(cfg: DistributedConfig, device: str) -> DistributedContext:
     if chosen.type == "cuda":
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
-    backend = cfg.backend if cfg.backend != "auto" else ("nccl" if chosen.type == "cuda" else "gloo")
+    backend = (
+        cfg.backend if cfg.backend != "auto" else ("nccl" if chosen.type == "cuda" else "gloo")
+    )
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend=backend)
     return DistributedContext(chosen, rank, world_size, local_rank)

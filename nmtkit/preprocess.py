@@ -19,7 +19,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -208,7 +207,10 @@ def preprocess(cfg: PreprocessConfig) -> Path:
     _check_destination(destdir, fingerprint, cfg.overwrite)
 
     destdir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destdir.name}.tmp-", dir=destdir.parent))
+    # A hidden sibling on the same file system, so the final rename is atomic; mkdir (not
+    # mkdtemp) so the folder gets the usual permissions.
+    staging = destdir.with_name(f".{destdir.name}.tmp-{uuid.uuid4().hex[:12]}")
+    staging.mkdir()
     try:
         models, model_files = _sentencepiece_models(cfg, languages, inputs, staging)
         dictionaries = _dictionaries(cfg, languages, inputs, models, staging)

@@ -85,9 +85,7 @@ def train(cfg: TrainConfig) -> Progress:
     progress = Progress()
     resume_state = find_resume_state(cfg, save_dir)
     if resume_state is not None:
-        progress = restore_training_state(
-            cfg, resume_state, model, optimizer, lr_scheduler, scaler
-        )
+        progress = restore_training_state(cfg, resume_state, model, optimizer, lr_scheduler, scaler)
     train_iterator = task.batch_iterator(
         cfg.dataset.train_subset,
         cfg.dataset,
@@ -179,7 +177,9 @@ def train(cfg: TrainConfig) -> Progress:
 
             # 7. Log every log_interval updates.
             if progress.num_updates % cfg.common.log_interval == 0 and interval.updates:
-                stats = interval.summary(criterion, progress, lr, scaler if precision == "fp16" else None)
+                stats = interval.summary(
+                    criterion, progress, lr, scaler if precision == "fp16" else None
+                )
                 progress.history.append({"update": progress.num_updates, "loss": stats["loss"]})
                 logger.record("train", stats, progress.num_updates)
                 logger.advance(0, stats)
@@ -360,7 +360,9 @@ class IntervalStats:
         self.grad_norm_sum = 0.0
         self.sample_size_sum = 0.0
 
-    def add(self, keys: list[str], values: torch.Tensor, grad_norm: float, sample_size: float) -> None:
+    def add(
+        self, keys: list[str], values: torch.Tensor, grad_norm: float, sample_size: float
+    ) -> None:
         self.keys = keys
         self.sums = values.clone() if self.sums is None else self.sums + values
         self.updates += 1
@@ -376,7 +378,13 @@ class IntervalStats:
         metrics = criterion.reduce_metrics([totals])
         ntokens = totals.get("ntokens", self.sample_size_sum)
         stats: dict[str, Any] = {"update": progress.num_updates, "epoch": progress.epoch}
-        stats.update({k: float(v) for k, v in metrics.items() if k not in ("ntokens", "nsentences", "sample_size")})
+        stats.update(
+            {
+                k: float(v)
+                for k, v in metrics.items()
+                if k not in ("ntokens", "nsentences", "sample_size")
+            }
+        )
         stats.update(
             wps=ntokens / seconds,
             ups=self.updates / seconds,
@@ -423,7 +431,10 @@ def mid_epoch_stop_reason(cfg: TrainConfig, progress: Progress, lr: float) -> st
     optimization = cfg.optimization
     if optimization.max_update and progress.num_updates >= optimization.max_update:
         return f"reached max_update={optimization.max_update}"
-    if optimization.stop_time_hours and progress.train_seconds >= optimization.stop_time_hours * 3600:
+    if (
+        optimization.stop_time_hours
+        and progress.train_seconds >= optimization.stop_time_hours * 3600
+    ):
         return f"reached stop_time_hours={optimization.stop_time_hours}"
     if optimization.stop_min_lr >= 0 and lr <= optimization.stop_min_lr:
         return f"learning rate {lr:g} reached stop_min_lr={optimization.stop_min_lr}"
@@ -483,7 +494,9 @@ def validate_and_save(
         )  # fmt: skip
     patience = cfg.checkpoint.patience
     if patience > 0 and progress.validations_without_improvement >= patience:
-        return f"no improvement of {cfg.checkpoint.best_checkpoint_metric} in {patience} validations"
+        return (
+            f"no improvement of {cfg.checkpoint.best_checkpoint_metric} in {patience} validations"
+        )
     return ""
 
 

@@ -76,5 +76,7 @@ def restore_train_config(saved: dict[str, Any]) -> TrainConfig:
     try:
         merged = OmegaConf.merge(schema, {k: v for k, v in saved.items() if k != "defaults"})
     except OmegaConfBaseException as error:
-        raise CheckpointError(f"saved config does not fit this nmtkit: {one_line(str(error))}") from None
+        raise CheckpointError(
+            f"saved config does not fit this nmtkit: {one_line(str(error))}"
+        ) from None
     return OmegaConf.to_object(merged)  # type: ignore[return-value]

@@ -88,8 +88,10 @@ def _describe_utf8_error(path: Path) -> str:
     return f"{path}: invalid UTF-8 at the end of the file (truncated multi-byte character)"
 
 
-def read_lines_in_chunks(path: Path, chunk_lines: int = CHUNK_LINES) -> Iterator[list[str]]:
-    """Lists of at most `chunk_lines` lines (newline kept; a UTF-8 byte-order mark dropped)."""
+def read_lines_in_chunks(path: Path, chunk_lines: int | None = None) -> Iterator[list[str]]:
+    """Lists of at most `chunk_lines` (default CHUNK_LINES) lines, newlines kept; a UTF-8
+    byte-order mark is dropped."""
+    chunk_lines = chunk_lines or CHUNK_LINES
     # newline="\n": only "\n" ends a line, exactly as scan_text_file counts them.
     with open(path, encoding="utf-8-sig", newline="\n") as file:
         while chunk := list(itertools.islice(file, chunk_lines)):
@@ -97,7 +99,7 @@ def read_lines_in_chunks(path: Path, chunk_lines: int = CHUNK_LINES) -> Iterator
 
 
 def read_parallel_chunks(
-    source_path: Path, target_path: Path, chunk_lines: int = CHUNK_LINES
+    source_path: Path, target_path: Path, chunk_lines: int | None = None
 ) -> Iterator[tuple[list[str], list[str]]]:
     """Aligned chunks of source and target lines (the files must have equal line counts)."""
     yield from zip(
@@ -163,9 +165,9 @@ def ordered_parallel_map(
         finally:
             _worker_state.clear()
         return
-    # spawn: a clean interpreter per worker, safe whatever threads this process runs
-    # (sentencepiece, tqdm's monitor) and the same on every platform.
-    context = multiprocessing.get_context("spawn")
+    # fork on Linux: workers start at once and callers' scripts need no `__main__` guard; the
+    # workers only run numpy and sentencepiece code. Elsewhere fork is unsafe or missing.
+    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with context.Pool(workers, initializer, initargs) as pool:
         pending: deque[Any] = deque()
         for item in items:

@@ -2,8 +2,8 @@
 
 `.idx` layout (little endian):
     magic  b"MMIDIDX\\x00\\x00" (9 bytes) | version uint64 = 1 | dtype code uint8
-    | item count uint64 N | doc count uint64 D
-    | sizes int32[N] | pointers int64[N] (byte offset of each item in .bin) | doc_idx int64[D]
+    | item count uint64 N | sizes int32[N] | pointers int64[N] (byte offset of each item in .bin)
+(fairseq 0.12's layout; Megatron-LM's variant adds a document index, which fairseq cannot read.)
 `.bin`: the items' elements back to back, in the dtype of the index.
 """
 
@@ -35,7 +35,7 @@ DTYPE_CODES: dict[int, type] = {
     12: np.float16,
 }
 CODE_OF_DTYPE = {np.dtype(dtype): code for code, dtype in reversed(DTYPE_CODES.items())}
-HEADER = struct.Struct("<9sQBQQ")
+HEADER = struct.Struct("<9sQBQ")
 
 
 def best_token_dtype(vocab_size: int) -> np.dtype:
@@ -92,18 +92,17 @@ class IndexedDatasetBuilder:
         sizes = (
             np.concatenate(self._size_chunks) if self._size_chunks else np.zeros(0, np.int32)
         ).astype(np.int32)
-        write_index(index_file(self.prefix), self.dtype, sizes, np.array([0], dtype=np.int64))
+        write_index(index_file(self.prefix), self.dtype, sizes)
 
 
-def write_index(path: Path, dtype: np.dtype, sizes: np.ndarray, doc_idx: np.ndarray) -> None:
+def write_index(path: Path, dtype: np.dtype, sizes: np.ndarray) -> None:
     pointers = np.zeros(len(sizes), dtype=np.int64)
     if len(sizes) > 1:
         np.cumsum(sizes[:-1].astype(np.int64) * dtype.itemsize, out=pointers[1:])
     with open(path, "wb") as file:
-        file.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[dtype], len(sizes), len(doc_idx)))
+        file.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[dtype], len(sizes)))
         file.write(sizes.astype(np.int32).tobytes())
         file.write(pointers.tobytes())
-        file.write(doc_idx.astype(np.int64).tobytes())
 
 
 class MMapIndexedDataset:
@@ -118,12 +117,12 @@ class MMapIndexedDataset:
         index = np.memmap(idx_path, mode="r", dtype=np.uint8)
         if index.size < HEADER.size:
             raise DataError(f"{idx_path}: too short to be an index file")
-        magic, version, code, count, doc_count = HEADER.unpack(bytes(index[: HEADER.size]))
+        magic, version, code, count = HEADER.unpack(bytes(index[: HEADER.size]))
         if magic != MAGIC:
             raise DataError(f"{idx_path}: not a memory-mapped indexed dataset (bad magic bytes)")
         if version != VERSION or code not in DTYPE_CODES:
             raise DataError(f"{idx_path}: unsupported version {version} or dtype code {code}")
-        expected = HEADER.size + count * (4 + 8) + doc_count * 8
+        expected = HEADER.size + count * (4 + 8)
         if index.size != expected:
             raise DataError(f"{idx_path}: {index.size} bytes, expected {expected} (truncated?)")
         self.dtype = np.dtype(DTYPE_CODES[code])
@@ -131,8 +130,6 @@ class MMapIndexedDataset:
         self.sizes = np.frombuffer(index, dtype=np.int32, count=count, offset=offset)
         offset += count * 4
         self.pointers = np.frombuffer(index, dtype=np.int64, count=count, offset=offset)
-        offset += count * 8
-        self.doc_idx = np.frombuffer(index, dtype=np.int64, count=doc_count, offset=offset)
         self._index = index
         bin_size = bin_path.stat().st_size
         needed = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if count else 0

@@ -146,9 +146,10 @@ class SequenceGenerator:
         sentence = torch.arange(batch_size, device=device).repeat_interleave(cfg.beam)
         self.decoder.start(src_tokens, src_lengths, sentence)
         # Per sentence (fairseq uses the padded batch width), so a translation does not depend on
-        # the other sentences of its batch.
-        max_len = torch.floor(cfg.max_len_a * src_lengths.to(device).double() + cfg.max_len_b)
+        # the other sentences of its batch; in float64 on the CPU, so it rounds as fairseq's does.
+        max_len = torch.floor(cfg.max_len_a * src_lengths.cpu().double() + cfg.max_len_b)
         max_len = max_len.long().clamp(min=0, max=self.decoder.max_decoder_positions() - 1)
+        max_len = max_len.to(device)
         rows = batch_size * cfg.beam
         return _Rows(
             tokens=torch.full((rows, 1), self.eos, dtype=torch.long, device=device),
@@ -194,6 +195,7 @@ class SequenceGenerator:
         return lprobs
 
     def _beam_search(self, rows: _Rows, finished: list[list[Hypothesis]]) -> None:
+        """`beam` rows per sentence; a sentence leaves the batch when its search is over."""
         beam = self.cfg.beam
         device = rows.tokens.device
         # Every beam starts from the same empty hypothesis: only beam 0 may expand at step 0.
@@ -223,8 +225,8 @@ class SequenceGenerator:
             room = beam - finalized_count
             finishing &= finishing.cumsum(dim=1) <= room.unsqueeze(1)
             finalized_count = finalized_count + finishing.sum(dim=1)
-            if bool(finishing.any()):
-                sentence_index, candidate = finishing.nonzero(as_tuple=True)
+            sentence_index, candidate = finishing.nonzero(as_tuple=True)
+            if sentence_index.numel() > 0:
                 source_rows = sentence_index * beam + top_beams[sentence_index, candidate]
                 self._finalize(
                     rows,
@@ -241,7 +243,9 @@ class SequenceGenerator:
             next_beams = top_beams.gather(1, chosen)
             next_tokens = top_tokens.gather(1, chosen)
             next_lprobs = top_lprobs.gather(1, chosen)
-            next_scores = top_scores.gather(1, chosen).masked_fill(ends.gather(1, chosen), -math.inf)
+            next_scores = top_scores.gather(1, chosen).masked_fill(
+                ends.gather(1, chosen), -math.inf
+            )
 
             sentence_max_len = rows.max_len.view(sentences, beam)[:, 0]
             done = (
@@ -282,10 +286,15 @@ class SequenceGenerator:
             scores = rows.scores + token_lprobs
             valid = torch.isfinite(token_lprobs)
             ending = valid & (tokens == self.eos)
-            if bool(ending.any()):
-                ending_rows = ending.nonzero(as_tuple=True)[0]
+            ending_rows = ending.nonzero(as_tuple=True)[0]
+            if ending_rows.numel() > 0:
                 self._finalize(
-                    rows, ending_rows, token_lprobs[ending_rows], scores[ending_rows], step, finished
+                    rows,
+                    ending_rows,
+                    token_lprobs[ending_rows],
+                    scores[ending_rows],
+                    step,
+                    finished,
                 )
             # A row whose constraints left no valid token is dropped without a hypothesis.
             kept = (valid & ~ending).nonzero(as_tuple=True)[0]

@@ -70,8 +70,9 @@ def translate_batches(
         prefix = None
         if search.prefix_size > 0 and target is not None:
             prefix = target[:, : search.prefix_size]
-        with torch.inference_mode(), torch.autocast(
-            device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+        with (
+            torch.inference_mode(),
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
         ):
             outputs = generator.generate(
                 net_input["src_tokens"],

@@ -163,7 +163,9 @@ class TranslationTask(Task):
         prefix = data_dir / f"{split}.{pair}"
         for lang in (self.source_lang, self.target_lang):
             if not dataset_exists(f"{prefix}.{lang}"):
-                raise DataError(f"{prefix}.{lang}.bin/.idx: split '{split}' not found in {data_dir}")
+                raise DataError(
+                    f"{prefix}.{lang}.bin/.idx: split '{split}' not found in {data_dir}"
+                )
         return LanguagePairDataset(
             MMapIndexedDataset(f"{prefix}.{self.source_lang}"),
             self.src_dict,
@@ -232,7 +234,9 @@ class TranslationTask(Task):
         batches = [b for b in iterator.next_epoch_itr() if not b.get("is_dummy")]
         for sample in batches:
             sample = distributed.move_to_device(sample, device)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
+            ):
                 _, _, logging_output = self.valid_step(model, criterion, sample)
             for key, value in logging_output.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
@@ -268,7 +272,9 @@ class TranslationTask(Task):
     # --- inference -------------------------------------------------------------------------------
     def inference_dataset(self, lines: list[str]) -> LanguagePairDataset:
         """Raw source lines -> a source-only dataset, encoded with the model's SentencePiece."""
-        sequences = [np.asarray(ids, dtype=np.int64) for ids in self.source_encoder.encode_batch(lines)]
+        sequences = [
+            np.asarray(ids, dtype=np.int64) for ids in self.source_encoder.encode_batch(lines)
+        ]
         return LanguagePairDataset(
             TokenArrays(sequences), self.src_dict, left_pad_source=self.cfg.left_pad_source
         )

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from nmtkit_cli.train import cli_main as train_cli
 
 from nmtkit.config import launcher
-from nmtkit_cli.train import cli_main as train_cli
 
 BASE = ["task.data=unused", "optimization.max_update=5", "dataset.max_tokens=64"]
 
@@ -147,7 +147,9 @@ def test_user_dir_plugin_registers_a_selectable_model(
     assert "toy_model" in out and "# Width of the toy." in out
 
 
-def test_missing_user_dir_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_user_dir_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run([*BASE, f"common.user_dir={tmp_path / 'absent'}"], capsys)
     assert code == 1 and "no such file or folder" in err
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from nmtkit.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from nmtkit_cli.average_checkpoints import cli_main as average_cli
 from nmtkit_cli.export import cli_main as export_cli
 from nmtkit_cli.generate import cli_main as generate_cli
 from nmtkit_cli.score import cli_main as score_cli
 from nmtkit_cli.train import cli_main as train_cli
+
+from nmtkit.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 
 
 def train_args(data_dir: Path, save_dir: Path, *extra: str) -> list[str]:
@@ -60,15 +60,25 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_dir = tmp_path_factory.mktemp("run") / "ckpt"
     train_cli(
         train_args(
-            data_dir, save_dir, "optimization.max_update=60", "generation.eval_bleu=true",
-            "checkpoint.save_interval_updates=20", "dataset.validate_interval_updates=20",
+            data_dir,
+            save_dir,
+            "optimization.max_update=60",
+            "generation.eval_bleu=true",
+            "checkpoint.save_interval_updates=20",
+            "dataset.validate_interval_updates=20",
         )  # fmt: skip
     )
     return save_dir
 
 
 def test_run_directory_records(trained: Path) -> None:
-    for name in ("config.yaml", "env.json", "train_log.jsonl", "checkpoint_last.pt", "checkpoint_best.pt"):
+    for name in (
+        "config.yaml",
+        "env.json",
+        "train_log.jsonl",
+        "checkpoint_last.pt",
+        "checkpoint_best.pt",
+    ):
         assert (trained / name).is_file(), name
     env = json.loads((trained / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["data"]["fingerprint"]
@@ -83,7 +93,9 @@ def test_run_directory_records(trained: Path) -> None:
     assert "checkpoint_1_20.pt" in numbered or any(n.endswith("_20.pt") for n in numbered)
 
 
-def test_checkpoint_is_self_contained(trained: Path, data_dir: Path, raw_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_is_self_contained(
+    trained: Path, data_dir: Path, raw_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = load_checkpoint(trained / "checkpoint_last.pt")
     assert state["format_version"] == FORMAT_VERSION
     assert state["config"]["model"]["encoder_embed_dim"] == 16
@@ -105,7 +117,9 @@ def test_checkpoint_is_self_contained(trained: Path, data_dir: Path, raw_dir: Pa
     hypotheses = output.read_text().splitlines()
     assert len(hypotheses) == len((raw_dir / "test.src").read_text().splitlines())
     code, out, err = run_cli(
-        score_cli, [f"hyp={output}", f"ref={raw_dir / 'test.tgt'}", "metrics=[bleu,chrf]", "format=json"], capsys
+        score_cli,
+        [f"hyp={output}", f"ref={raw_dir / 'test.tgt'}", "metrics=[bleu,chrf]", "format=json"],
+        capsys,
     )
     assert code == 0, err
     assert set(json.loads(out)) == {"bleu", "chrf"}
@@ -131,35 +145,68 @@ def test_validation_bleu_equals_generate_then_score(
     assert json.loads(out)["bleu"]["score"] == pytest.approx(last_bleu, abs=1e-6)
 
 
-def test_generate_formats_empty_lines_and_order(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_generate_formats_empty_lines_and_order(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = tmp_path / "in.txt"
     source.write_text("alpha bravo\n\ncharlie delta echo foxtrot golf\nkilo\n")
     code, out, err = run_cli(
-        generate_cli, [f"checkpoint={trained / 'checkpoint_last.pt'}", f"input={source}", "batch_size=2", "nbest=2", "beam=3"], capsys
+        generate_cli,
+        [
+            f"checkpoint={trained / 'checkpoint_last.pt'}",
+            f"input={source}",
+            "batch_size=2",
+            "nbest=2",
+            "beam=3",
+        ],
+        capsys,
     )
     assert code == 0, err
     lines = out.split("\n")[:-1]
     assert len(lines) == 8 and lines[2] == lines[3] == ""
     code, out, _ = run_cli(
-        generate_cli, [f"checkpoint={trained / 'checkpoint_last.pt'}", f"input={source}", "format=fairseq"], capsys
+        generate_cli,
+        [f"checkpoint={trained / 'checkpoint_last.pt'}", f"input={source}", "format=fairseq"],
+        capsys,
     )
-    assert [line.split("\t")[0] for line in out.splitlines()][:5] == ["S-0", "H-0", "D-0", "P-0", "S-1"]
+    assert [line.split("\t")[0] for line in out.splitlines()][:5] == [
+        "S-0",
+        "H-0",
+        "D-0",
+        "P-0",
+        "S-1",
+    ]
     # Alone or in a batch with others: the same translation.
     single = tmp_path / "one.txt"
     single.write_text("kilo\n")
-    _, alone, _ = run_cli(generate_cli, [f"checkpoint={trained / 'checkpoint_last.pt'}", f"input={single}"], capsys)
-    _, together, _ = run_cli(generate_cli, [f"checkpoint={trained / 'checkpoint_last.pt'}", f"input={source}"], capsys)
+    _, alone, _ = run_cli(
+        generate_cli, [f"checkpoint={trained / 'checkpoint_last.pt'}", f"input={single}"], capsys
+    )
+    _, together, _ = run_cli(
+        generate_cli, [f"checkpoint={trained / 'checkpoint_last.pt'}", f"input={source}"], capsys
+    )
     assert together.split("\n")[3] == alone.strip("\n")
 
 
-def test_export_and_average_generate_identically(trained: Path, raw_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_and_average_generate_identically(
+    trained: Path, raw_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     exported = tmp_path / "model.pt"
-    assert run_cli(export_cli, [f"checkpoint={trained / 'checkpoint_last.pt'}", f"output={exported}"], capsys)[0] == 0
+    assert (
+        run_cli(
+            export_cli,
+            [f"checkpoint={trained / 'checkpoint_last.pt'}", f"output={exported}"],
+            capsys,
+        )[0]
+        == 0
+    )
     assert "training_state" not in load_checkpoint(exported)
     assert exported.stat().st_size < (trained / "checkpoint_last.pt").stat().st_size
     outputs = []
     for checkpoint in (trained / "checkpoint_last.pt", exported):
-        code, out, err = run_cli(generate_cli, [f"checkpoint={checkpoint}", f"input={raw_dir / 'valid.src'}"], capsys)
+        code, out, err = run_cli(
+            generate_cli, [f"checkpoint={checkpoint}", f"input={raw_dir / 'valid.src'}"], capsys
+        )
         assert code == 0, err
         outputs.append(out)
     assert outputs[0] == outputs[1]
@@ -170,7 +217,9 @@ def test_export_and_average_generate_identically(trained: Path, raw_dir: Path, t
     for key, value in load_checkpoint(last)["model"].items():
         assert torch.equal(load_checkpoint(averaged)["model"][key], value)
     # Ensemble of the same model twice equals the model alone.
-    code, out, _ = run_cli(generate_cli, [f"checkpoint=[{last},{exported}]", f"input={raw_dir / 'valid.src'}"], capsys)
+    code, out, _ = run_cli(
+        generate_cli, [f"checkpoint=[{last},{exported}]", f"input={raw_dir / 'valid.src'}"], capsys
+    )
     assert code == 0 and out == outputs[0]
 
 
@@ -186,7 +235,9 @@ def test_exact_resume(data_dir: Path, tmp_path: Path) -> None:
     assert resumed_losses == straight_losses  # identical, not just close
 
 
-def test_bad_checkpoints_are_one_line_errors(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_checkpoints_are_one_line_errors(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint at all")
     newer = tmp_path / "newer.pt"
@@ -221,10 +272,20 @@ def test_stdin_streams_line_by_line(trained: Path) -> None:
     assert len(replies) == 3 and all(r.endswith("\n") for r in replies)
 
 
-def test_resume_refuses_a_different_model(trained: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_refuses_a_different_model(
+    trained: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     save_dir = tmp_path / "copy"
     shutil.copytree(trained, save_dir)
     code, _, err = run_cli(
-        train_cli, train_args(data_dir, save_dir, "optimization.max_update=70", "model.encoder_embed_dim=8", "model.decoder_embed_dim=8"), capsys
+        train_cli,
+        train_args(
+            data_dir,
+            save_dir,
+            "optimization.max_update=70",
+            "model.encoder_embed_dim=8",
+            "model.decoder_embed_dim=8",
+        ),
+        capsys,
     )
     assert code == 1 and "does not fit the configured model" in err

@@ -49,7 +49,9 @@ class ToyTranslationModel(nn.Module):
         self.max_positions = max_positions
         self.decoded_rows: list[int] = []
 
-    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode(
+        self, src_tokens: torch.Tensor, src_lengths: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         return {
             "encoder_out": self.embed(src_tokens),
             "encoder_padding_mask": src_tokens.eq(PAD),
@@ -288,7 +290,12 @@ def test_nbest_hypotheses_are_distinct_and_sorted_best_first() -> None:
 
 
 def reference_beam_search(
-    model: nn.Module, source: list[int], beam: int, max_len: int, lenpen: float
+    model: nn.Module,
+    source: list[int],
+    beam: int,
+    max_len: int,
+    lenpen: float,
+    vocab_size: int = VOCAB,
 ) -> list[tuple[list[int], float]]:
     """Fairseq's rule, one sentence and one hypothesis at a time, recomputing every prefix."""
     src_tokens, src_lengths = left_padded([source])
@@ -299,7 +306,7 @@ def reference_beam_search(
         for score, prefix in live:
             logits = model(src_tokens, src_lengths, torch.tensor([prefix]))[0, -1]
             lprobs = torch.log_softmax(logits, dim=-1).tolist()
-            for token in range(VOCAB):
+            for token in range(vocab_size):
                 allowed = token not in (PAD, BOS) and (step < max_len or token == EOS)
                 allowed = allowed and (step >= 1 or token != EOS)  # min_len=1
                 if allowed:
@@ -370,9 +377,7 @@ def test_ngram_blocking_matches_a_direct_count(size: int) -> None:
                 assert blocked == repeats
             else:
                 new_ngram = tuple([*history, token][len(history) + 1 - size :])
-                earlier = {
-                    tuple(history[i : i + size]) for i in range(len(history) - size + 1)
-                }
+                earlier = {tuple(history[i : i + size]) for i in range(len(history) - size + 1)}
                 assert blocked == (new_ngram in earlier)
 
 
@@ -452,16 +457,27 @@ def test_prefix_tokens_are_forced() -> None:
     prefix[:, :2] = torch.tensor([7, 8])
     prefix[0, 2] = 9
     prefix[1] = PAD  # nothing forced for this sentence
+    prefix[2, 1] = EOS  # a forced end: the hypothesis is just [7, eos]
     free = translate([model], SOURCES, beam=4, nbest=4)
     for sampling in (False, True):
         results = translate(
-            [model], SOURCES, beam=4, nbest=4, prefix_tokens=prefix, prefix_size=3, sampling=sampling
+            [model],
+            SOURCES,
+            beam=4,
+            nbest=4,
+            prefix_tokens=prefix,
+            prefix_size=3,
+            sampling=sampling,
         )
         for row, hypotheses in enumerate(results):
             assert hypotheses
             forced = [token for token in prefix[row].tolist() if token != PAD]
             for hypothesis in hypotheses:
                 assert hypothesis["tokens"][: len(forced)].tolist() == forced
+            if row == 2:
+                assert [h["tokens"].tolist() for h in hypotheses] == [[7, EOS]] * (
+                    4 if sampling else 1
+                )
             if row == 1 and not sampling:
                 assert_same_hypotheses([hypotheses], [free[1]])
 
@@ -511,7 +527,7 @@ def test_temperature_flattens_beam_search_scores() -> None:
     assert hot["score"] < plain["score"]
 
 
-# The same properties on nmtkit's transformer (random weights; one copy-trained model).
+# The same properties on nmtkit's transformer (tiny, random weights).
 
 TRANSFORMER_VOCAB = 20
 
@@ -552,38 +568,25 @@ def test_transformer_cache_matches_recomputing_and_batching(normalize_before: bo
     cached = transformer_translate([model], TRANSFORMER_SOURCES, **options)
     recomputed = transformer_translate([RecomputingModel(model)], TRANSFORMER_SOURCES, **options)
     assert_same_hypotheses(cached, recomputed)
-    alone = [transformer_translate([model], [source], **options)[0] for source in TRANSFORMER_SOURCES]
+    alone = [
+        transformer_translate([model], [source], **options)[0] for source in TRANSFORMER_SOURCES
+    ]
     assert_same_hypotheses(alone, cached)
     for source, hypotheses in zip(TRANSFORMER_SOURCES, cached, strict=True):
         assert all(len(h["tokens"]) - 1 <= len(source) + 2 for h in hypotheses)
 
 
-def test_transformer_beam_search_matches_reference_and_greedy() -> None:
+@pytest.mark.parametrize("beam", [1, 3])
+def test_transformer_beam_search_matches_a_one_sentence_reference(beam: int) -> None:
     model = tiny_transformer(31)
-    results = transformer_translate([model], TRANSFORMER_SOURCES, beam=3, nbest=3, max_len_b=5)
-    global VOCAB
-    saved_vocab, VOCAB = VOCAB, TRANSFORMER_VOCAB
-    try:
-        for source, hypotheses in zip(TRANSFORMER_SOURCES, results, strict=True):
-            expected = reference_beam_search(model, source, beam=3, max_len=5, lenpen=1.0)
-            assert [h["tokens"].tolist() for h in hypotheses] == [t for t, _ in expected]
-            scores = [h["score"] for h in hypotheses]
-            assert scores == pytest.approx([s for _, s in expected], abs=1e-5)
-    finally:
-        VOCAB = saved_vocab
-    greedy = transformer_translate([model], TRANSFORMER_SOURCES, beam=1)
-    src_tokens, src_lengths = left_padded(TRANSFORMER_SOURCES)
-    prefix = torch.full((len(TRANSFORMER_SOURCES), 1), EOS)
-    for _ in range(9):  # max_len_b=8 tokens, then the forced eos
-        lprobs = torch.log_softmax(model(src_tokens, src_lengths, prefix)[:, -1], dim=-1)
-        lprobs[:, [PAD, BOS]] = -math.inf
-        lprobs[:, EOS] = -math.inf if prefix.size(1) == 1 else lprobs[:, EOS]
-        if prefix.size(1) == 9:
-            lprobs = torch.where(torch.arange(TRANSFORMER_VOCAB) == EOS, lprobs, -math.inf)
-        prefix = torch.cat([prefix, lprobs.argmax(dim=1, keepdim=True)], dim=1)
-    for row, (hypothesis,) in enumerate(greedy):
-        length = len(hypothesis["tokens"])
-        assert hypothesis["tokens"].tolist() == prefix[row, 1 : length + 1].tolist()
+    results = transformer_translate([model], TRANSFORMER_SOURCES, beam=beam, nbest=beam)
+    for source, hypotheses in zip(TRANSFORMER_SOURCES, results, strict=True):
+        expected = reference_beam_search(
+            model, source, beam=beam, max_len=8, lenpen=1.0, vocab_size=TRANSFORMER_VOCAB
+        )
+        assert [h["tokens"].tolist() for h in hypotheses] == [tokens for tokens, _ in expected]
+        scores = [h["score"] for h in hypotheses]
+        assert scores == pytest.approx([score for _, score in expected], abs=1e-5)
 
 
 def test_transformer_ensemble_of_one_model_twice_equals_the_model() -> None:
@@ -591,26 +594,3 @@ def test_transformer_ensemble_of_one_model_twice_equals_the_model() -> None:
     alone = transformer_translate([model], TRANSFORMER_SOURCES, beam=3, nbest=2)
     twice = transformer_translate([model, model], TRANSFORMER_SOURCES, beam=3, nbest=2)
     assert_same_hypotheses(alone, twice)
-
-
-def test_copy_trained_transformer_translates_by_copying() -> None:
-    model = tiny_transformer(33, encoder_normalize_before=True, decoder_normalize_before=True)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.98))
-    generator = torch.Generator().manual_seed(0)
-    with torch.enable_grad():
-        for update in range(120):
-            length = 2 + update % 5
-            words = torch.randint(4, TRANSFORMER_VOCAB, (32, length), generator=generator)
-            target = torch.cat([words, torch.full((32, 1), EOS)], dim=1)
-            prev_output_tokens = torch.cat([torch.full((32, 1), EOS), words], dim=1)
-            logits = model(target, torch.full((32,), length + 1), prev_output_tokens)
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    sources = [[4 + (7 * n + 3 * i) % 16 for i in range(2 + n % 5)] + [EOS] for n in range(10)]
-    results = transformer_translate([model], sources, beam=3, max_len_a=1.0, max_len_b=5)
-    copies = sum(hyps[0]["tokens"].tolist() == source for source, hyps in zip(sources, results))
-    assert copies >= 9

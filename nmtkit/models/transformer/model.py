@@ -35,7 +35,9 @@ def build_embedding(vocab_size: int, embed_dim: int, padding_idx: int) -> nn.Emb
 class TransformerEncoder(nn.Module):
     """Token + position embeddings, then a stack of self-attention layers."""
 
-    def __init__(self, cfg: TransformerConfig, embed_tokens: nn.Embedding, padding_idx: int):
+    def __init__(
+        self, cfg: TransformerConfig, embed_tokens: nn.Embedding, padding_idx: int
+    ) -> None:
         super().__init__()
         embed_dim = cfg.encoder_embed_dim
         self.padding_idx = padding_idx
@@ -92,7 +94,7 @@ class TransformerDecoder(nn.Module):
         embed_tokens: nn.Embedding,
         padding_idx: int,
         tie_output_to_embedding: bool,
-    ):
+    ) -> None:
         super().__init__()
         embed_dim = cfg.decoder_embed_dim
         self.padding_idx = padding_idx
