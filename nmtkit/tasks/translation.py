@@ -90,10 +90,11 @@ class TranslationTask(Task):
         self.src_dict = Dictionary.load(data_dir / f"dict.{self.source_lang}.txt")
         self.tgt_dict = Dictionary.load(data_dir / f"dict.{self.target_lang}.txt")
         models = self.manifest.get("bpe", {}).get("models") or {}
-        self.spm_models: dict[str, bytes | None] = {}
-        for lang in (self.source_lang, self.target_lang):
-            name = models.get(lang)
-            self.spm_models[lang] = (data_dir / name).read_bytes() if name else None
+        # One bytes object per file: a joined model is then stored once in checkpoints.
+        files = {name: (data_dir / name).read_bytes() for name in set(models.values()) if name}
+        self.spm_models: dict[str, bytes | None] = {
+            lang: files.get(models.get(lang)) for lang in (self.source_lang, self.target_lang)
+        }
 
     def _infer_languages(self, data_dir: Path) -> tuple[str, str]:
         source = self.cfg.source_lang or self.manifest.get("source_lang")
