@@ -17,6 +17,7 @@ memory of the largest process (main or worker) as the kernel reports it (wait4).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -40,18 +41,32 @@ class Measurement:
     peak_rss_mib: float
 
 
+# Runs argv[1:] in a grandchild and prints its peak RSS. A child forked from this (large)
+# benchmark process would inherit its memory high-water mark across exec; one forked from a
+# bare `python -S` reports the command's own peak.
+_RSS_TRAMPOLINE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def timed(command: list[str]) -> Measurement:
-    """Runs `command`, returns its wall time and the peak RSS of its largest process."""
+    """Runs `command`; returns its wall time and the peak RSS (MiB) of its largest process,
+    the main one or a worker."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert process.stderr is not None
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", _RSS_TRAMPOLINE, *command], capture_output=True, text=True
+    )
     elapsed = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{stderr.decode(errors='replace')[-3000:]}")
-    return Measurement(elapsed, usage.ru_maxrss / 1024)  # ru_maxrss is in KiB on Linux
+    exit_code, max_rss_kib = map(int, result.stdout.split())
+    if exit_code != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return Measurement(elapsed, max_rss_kib / 1024)
 
 
 def prepare_corpus(data: Path, workdir: Path, repeat: int, vocab_size: int) -> tuple[Path, int]:
@@ -131,6 +146,31 @@ def same_binaries(first: Path, second: Path) -> bool:
     return all((first / name).read_bytes() == (second / name).read_bytes() for name in names)
 
 
+def _busy_loop(iterations: int) -> int:
+    total = 0
+    for value in range(iterations):
+        total += value
+    return total
+
+
+def parallel_headroom(processes: int) -> float:
+    """How many times faster `processes` CPU-bound processes finish than one doing all the
+    work: about `processes` on an idle machine, near 1 when other jobs hold the cores."""
+    if processes <= 1:
+        return 1.0
+    iterations = 5_000_000
+    started = time.perf_counter()
+    for _ in range(processes):
+        _busy_loop(iterations)
+    serial = time.perf_counter() - started
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(_busy_loop, [0] * processes)  # start-up outside the timing
+        started = time.perf_counter()
+        pool.map(_busy_loop, [iterations] * processes)
+        parallel = time.perf_counter() - started
+    return serial / parallel
+
+
 def startup_seconds(executable: str, trials: int) -> float:
     return min(timed([executable, "--help"]).wall_seconds for _ in range(trials))
 
@@ -175,6 +215,12 @@ def main() -> None:
         startup = {"nmtkit": startup_seconds(str(HERE / "nmtkit-preprocess"), args.trials)}
         if has_fairseq:
             startup["fairseq"] = startup_seconds(str(args.fairseq_preprocess), args.trials)
+        for workers in args.workers:
+            if workers > 1:
+                print(
+                    f"parallel headroom: {workers} CPU-bound processes run "
+                    f"{parallel_headroom(workers):.2f}x faster than one (ideal {workers}.00x)"
+                )
         print("start-up (--help): " + ", ".join(f"{k} {v:.2f} s" for k, v in startup.items()))
         print()
         print(

@@ -50,6 +50,8 @@ class GenerateConfig(SearchConfig):
     """fp32, bf16 or fp16."""
     seed: int = 1
     """Seed for sampling."""
+    user_dir: Optional[str] = None
+    """Folder or .py file with the custom components the checkpoint needs (a plugin)."""
 
     def validate(self) -> list[str]:
         errors = super().validate()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 
 from nmtkit.config.launcher import run_cli
 from nmtkit.data.text_encoder import PREPROCESS_JSON

@@ -9,7 +9,7 @@ mkdir -p "$WORK"
 
 nmtkit-preprocess source_lang=de target_lang=en \
     trainpref="$HERE/data/train" validpref="$HERE/data/valid" testpref="$HERE/data/test" \
-    destdir="$WORK/data-bin" bpe=sentencepiece bpe_vocab_size=4000 joined_dictionary=true \
+    destdir="$WORK/data-bin" bpe=sentencepiece bpe_vocab_size=2000 joined_dictionary=true \
     workers=2 overwrite=true
 
 nmtkit-train --config-dir "$HERE" --config-name de_en_small \

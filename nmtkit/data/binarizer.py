@@ -34,6 +34,18 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+def progress_bar(total: int, description: str) -> tqdm:
+    """A progress bar on stderr, shown only when stderr is a terminal (not in logs)."""
+    return tqdm(
+        total=total,
+        desc=description,
+        unit=" lines",
+        unit_scale=True,
+        leave=False,
+        disable=not sys.stderr.isatty(),
+    )
+
+
 # ---- reading and checking text files -------------------------------------------------------
 @dataclass(frozen=True)
 class TextFileInfo:
@@ -144,10 +156,12 @@ def write_line_sample(
     remaining = sum(info.lines for info in files)
     needed = min(sample_size, remaining)
     written = 0
-    with open(output_path, "w", encoding="utf-8") as output:
+    bar = progress_bar(remaining, f"sampling lines to train SentencePiece on ({needed})")
+    with bar, open(output_path, "w", encoding="utf-8") as output:
         for info in files:
             for chunk in read_lines_in_chunks(info.path):
                 size = len(chunk)
+                bar.update(size)
                 if needed >= remaining:
                     chosen: Iterable[int] = range(size)
                     taken = size
@@ -220,17 +234,6 @@ def _kept_pairs(
         source_lines = [source_lines[index] for index in keep]
         target_lines = [target_lines[index] for index in keep]
     return source_lines, target_lines, dropped
-
-
-def progress_bar(total: int, description: str) -> tqdm:
-    return tqdm(
-        total=total,
-        desc=description,
-        unit=" lines",
-        unit_scale=True,
-        leave=False,
-        disable=not sys.stderr.isatty(),
-    )
 
 
 # ---- counting tokens for a dictionary ------------------------------------------------------

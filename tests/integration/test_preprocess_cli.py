@@ -255,6 +255,21 @@ def test_empty_lines_are_dropped_and_counted(
     assert [encoder.decode(item) for item in read_items(destdir, "train", "de")] == kept
 
 
+def test_byte_order_mark_and_crlf_line_ends_are_tolerated(
+    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (raw / "train.de").read_text(encoding="utf-8")
+    (raw / "train.de").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+    destdir = tmp_path / "bin"
+    run(monkeypatch, *common(raw, destdir), "bpe=none")
+    assert manifest(destdir)["splits"]["train"]["pairs"] == 300
+    symbols = Dictionary.load(destdir / "dict.de.txt").symbols
+    assert not [symbol for symbol in symbols if "\ufeff" in symbol or "\r" in symbol]
+    encoder = TextEncoder.from_data_dir(destdir, "de")
+    decoded = [encoder.decode(item) for item in read_items(destdir, "train", "de")]
+    assert decoded == text.splitlines()
+
+
 def test_missing_input_file_is_named(
     raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

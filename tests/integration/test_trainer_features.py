@@ -129,3 +129,62 @@ def test_torchrun_two_cpu_processes(data_dir: Path, tmp_path: Path) -> None:
     validations = [json.loads(line) for line in (save_dir / "train_log.jsonl").read_text().splitlines()
                    if json.loads(line)["kind"] == "valid"]  # fmt: skip
     assert validations and validations[0]["nsentences"] == 24  # every validation sentence, once
+
+
+def test_round_robin_over_data_directories(data_dir: Path, raw_dir: Path, tmp_path: Path) -> None:
+    """task.data=a:b trains epoch 1 on a, epoch 2 on b (same dictionaries)."""
+    from nmtkit_cli.preprocess import cli_main as preprocess_cli
+
+    small = tmp_path / "small-bin"
+    preprocess_cli([
+        "source_lang=src", "target_lang=tgt", f"trainpref={raw_dir / 'valid'}",
+        f"validpref={raw_dir / 'valid'}", f"destdir={small}", f"bpe_model={data_dir / 'spm.model'}",
+        f"srcdict={data_dir / 'dict.src.txt'}", f"tgtdict={data_dir / 'dict.tgt.txt'}",
+    ])  # fmt: skip
+    save_dir = tmp_path / "run"
+    train_cli(
+        train_args(f"{data_dir}:{small}", save_dir, "optimization.max_epoch=2",  # type: ignore[arg-type]
+                   "dataset.disable_validation=true", "dataset.max_tokens=2000")
+    )  # fmt: skip
+    per_epoch: dict[int, int] = {}
+    for record in train_log(save_dir):
+        per_epoch[record["epoch"]] = per_epoch.get(record["epoch"], 0) + int(record["bsz"])
+    assert per_epoch == {1: 400, 2: 24}
+
+
+def test_keep_last_n_finetune_and_tensorboard(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train_cli(
+        train_args(data_dir, run, "optimization.max_update=8", "checkpoint.save_interval_updates=2",
+                   "checkpoint.keep_last_n=2", "dataset.disable_validation=true",
+                   f"common.tensorboard_logdir={tmp_path / 'tb'}")
+    )  # fmt: skip
+    assert sorted(p.name for p in run.glob("checkpoint_*_*.pt")) == [
+        "checkpoint_1_6.pt",
+        "checkpoint_1_8.pt",
+    ]
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    finetuned = tmp_path / "finetuned"
+    train_cli(
+        train_args(data_dir, finetuned, "optimization.max_update=2", "dataset.disable_validation=true",
+                   f"checkpoint.finetune_from_model={run / 'checkpoint_last.pt'}")
+    )  # fmt: skip
+    records = train_log(finetuned)
+    assert [r["update"] for r in records] == [1, 2]  # counters start afresh
+    assert records[0]["loss"] < train_log(run)[0]["loss"]  # but the weights do not
+
+
+def test_patience_stops_training(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With lr=0 the validation loss never improves after the first validation."""
+    code, _, err = run_cli(
+        train_cli,
+        train_args(data_dir, tmp_path, "optimizer=sgd", "optimizer.lr=1e-12", "lr_scheduler=fixed",
+                   "optimization.max_update=50", "dataset.validate_interval_updates=2",
+                   "checkpoint.patience=2"),
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    assert "no improvement of loss in 2 validations" in err
+    assert max(r["update"] for r in train_log(tmp_path)) < 50
