@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.indexed_dataset import IndexedDatasetBuilder, best_token_dtype
-from nmtkit.data.text_encoder import TextEncoder, load_sentencepiece
+from nmtkit.data.text_encoder import TextEncoder, encode_piece_ids, load_sentencepiece
 from nmtkit.errors import DataError
 
 CHUNK_LINES = 20_000
@@ -251,9 +251,7 @@ def _count_chunk(chunk: tuple[bytes, bytes]) -> tuple[Any, Any, int]:
         if processor is None:
             counts.append(Counter(itertools.chain.from_iterable(map(str.split, lines))))
             continue
-        piece_ids = processor.encode([line.strip() for line in lines], out_type=int)
-        total = sum(map(len, piece_ids))
-        flat = np.fromiter(itertools.chain.from_iterable(piece_ids), dtype=np.int64, count=total)
+        flat, _ = encode_piece_ids(processor, lines)
         counts.append(np.bincount(flat, minlength=processor.get_piece_size()))
     return counts[0], counts[1], len(source_lines) + dropped
 

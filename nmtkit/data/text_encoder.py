@@ -84,16 +84,8 @@ class TextEncoder:
         """All lines' ids back to back (int64) and each line's length (int32), `</s>` included:
         the shape IndexedDatasetBuilder.add_items takes."""
         if self._processor is not None:
-            # sentencepiece encodes the whole batch in C++ (threads), then one numpy gather
-            # turns piece ids into dictionary ids.
-            piece_ids = self._processor.encode(
-                [line.strip() for line in lines], out_type=int, num_threads=self.num_threads
-            )
-            lengths = np.fromiter(map(len, piece_ids), dtype=np.int64, count=len(piece_ids))
-            total = int(lengths.sum())
-            flat_pieces = np.fromiter(
-                itertools.chain.from_iterable(piece_ids), dtype=np.int64, count=total
-            )
+            # One numpy gather turns all piece ids into dictionary ids.
+            flat_pieces, lengths = encode_piece_ids(self._processor, lines, self.num_threads)
             tokens = self._spm_to_dictionary[flat_pieces]
         else:
             split_lines = [line.split() for line in lines]
@@ -124,6 +116,24 @@ class TextEncoder:
         if self._processor is not None:
             return self._processor.decode_pieces(pieces)
         return " ".join(pieces)
+
+
+def encode_piece_ids(
+    processor: sentencepiece.SentencePieceProcessor, lines: Sequence[str], num_threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """SentencePiece ids of all lines back to back (int64) and each line's count of pieces.
+
+    sentencepiece encodes the whole batch in C++ (with `num_threads` threads); lines are
+    stripped first, so surrounding whitespace and line ends never matter.
+    """
+    piece_ids = processor.encode(
+        [line.strip() for line in lines], out_type=int, num_threads=num_threads
+    )
+    lengths = np.fromiter(map(len, piece_ids), dtype=np.int64, count=len(piece_ids))
+    flat = np.fromiter(
+        itertools.chain.from_iterable(piece_ids), dtype=np.int64, count=int(lengths.sum())
+    )
+    return flat, lengths
 
 
 def load_sentencepiece(model_proto: bytes) -> sentencepiece.SentencePieceProcessor:

@@ -57,17 +57,14 @@ def raw(tmp_path: Path) -> Path:
     return tmp_path / "raw"
 
 
-def run(monkeypatch: pytest.MonkeyPatch, *settings: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["nmtkit-preprocess", *settings])
-    cli_main()
+def run(*settings: str) -> None:
+    cli_main(list(settings))
 
 
-def run_failing(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *settings: str
-) -> str:
+def run_failing(capsys: pytest.CaptureFixture[str], *settings: str) -> str:
     """Runs the CLI expecting a user error; returns the one-line message."""
     with pytest.raises(SystemExit) as exit_info:
-        run(monkeypatch, *settings)
+        run(*settings)
     assert exit_info.value.code == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("nmtkit-preprocess: error: ")
@@ -109,11 +106,10 @@ def assert_round_trip(destdir: Path, raw: Path) -> None:
 
 
 def test_joined_sentencepiece(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     destdir = tmp_path / "bin"
     run(
-        monkeypatch,
         *common(raw, destdir),
         "bpe=sentencepiece",
         "bpe_vocab_size=64",
@@ -159,11 +155,9 @@ def test_joined_sentencepiece(
     assert "train: 300 pairs (0 dropped)" in summary and "(joined)" in summary
 
 
-def test_per_language_sentencepiece(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_per_language_sentencepiece(raw: Path, tmp_path: Path) -> None:
     destdir = tmp_path / "bin"
-    run(monkeypatch, *common(raw, destdir), "bpe_vocab_size=40")
+    run(*common(raw, destdir), "bpe_vocab_size=40")
     info = manifest(destdir)
     assert info["bpe"]["models"] == {"de": "spm.de.model", "en": "spm.en.model"}
     assert (destdir / "spm.de.model").is_file() and (destdir / "spm.en.model").is_file()
@@ -179,11 +173,9 @@ def test_per_language_sentencepiece(
     assert_round_trip(destdir, raw)
 
 
-def test_bpe_none_splits_on_whitespace(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bpe_none_splits_on_whitespace(raw: Path, tmp_path: Path) -> None:
     destdir = tmp_path / "bin"
-    run(monkeypatch, *common(raw, destdir), "bpe=none", "padding_factor=1")
+    run(*common(raw, destdir), "bpe=none", "padding_factor=1")
     info = manifest(destdir)
     assert info["bpe"]["type"] == "none" and info["bpe"]["models"] == {"de": None, "en": None}
     german = Dictionary.load(destdir / "dict.de.txt")
@@ -193,13 +185,10 @@ def test_bpe_none_splits_on_whitespace(
     assert_round_trip(destdir, raw)
 
 
-def test_reused_dictionaries_without_training_data(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_reused_dictionaries_without_training_data(raw: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
-    run(monkeypatch, *common(raw, first), "bpe=none", "threshold=3")
+    run(*common(raw, first), "bpe=none", "threshold=3")
     run(
-        monkeypatch,
         *common(raw, second, "valid"),
         "bpe=none",
         f"srcdict={first / 'dict.de.txt'}",
@@ -222,7 +211,6 @@ def test_workers_do_not_change_the_output(
     monkeypatch.setattr(binarizer, "CHUNK_LINES", 16)  # many chunks, all in flight at once
     spm_source = tmp_path / "spm_source"
     run(
-        monkeypatch,
         *common(raw, spm_source, "train"),
         "bpe_vocab_size=64",
         "joined_dictionary=true",
@@ -231,22 +219,20 @@ def test_workers_do_not_change_the_output(
         outputs = []
         for workers in (1, 2):
             destdir = tmp_path / f"{extra[0].split('=')[0]}_{workers}"
-            run(monkeypatch, *common(raw, destdir), f"workers={workers}", *extra)
+            run(*common(raw, destdir), f"workers={workers}", *extra)
             outputs.append((data_files(destdir), manifest(destdir)["fingerprint"]))
         assert outputs[0] == outputs[1]
         assert len(outputs[0][0]) >= 14
 
 
-def test_empty_lines_are_dropped_and_counted(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_empty_lines_are_dropped_and_counted(raw: Path, tmp_path: Path) -> None:
     german = (raw / "train.de").read_text(encoding="utf-8").splitlines()
     english = (raw / "train.en").read_text(encoding="utf-8").splitlines()
     german[3], english[10], german[20], english[20] = "", "  ", "", ""
     write_lines(raw / "train.de", german)
     write_lines(raw / "train.en", english)
     destdir = tmp_path / "bin"
-    run(monkeypatch, *common(raw, destdir), "bpe=none")
+    run(*common(raw, destdir), "bpe=none")
     train = manifest(destdir)["splits"]["train"]
     assert train["dropped"] == {"empty_line": 3}
     assert train["pairs"] == 297 and train["de"]["lines"] == 300
@@ -255,13 +241,11 @@ def test_empty_lines_are_dropped_and_counted(
     assert [encoder.decode(item) for item in read_items(destdir, "train", "de")] == kept
 
 
-def test_byte_order_mark_and_crlf_line_ends_are_tolerated(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_byte_order_mark_and_crlf_line_ends_are_tolerated(raw: Path, tmp_path: Path) -> None:
     text = (raw / "train.de").read_text(encoding="utf-8")
     (raw / "train.de").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
     destdir = tmp_path / "bin"
-    run(monkeypatch, *common(raw, destdir), "bpe=none")
+    run(*common(raw, destdir), "bpe=none")
     assert manifest(destdir)["splits"]["train"]["pairs"] == 300
     symbols = Dictionary.load(destdir / "dict.de.txt").symbols
     assert not [symbol for symbol in symbols if "\ufeff" in symbol or "\r" in symbol]
@@ -271,20 +255,20 @@ def test_byte_order_mark_and_crlf_line_ends_are_tolerated(
 
 
 def test_missing_input_file_is_named(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (raw / "valid.en").unlink()
-    error = run_failing(monkeypatch, capsys, *common(raw, tmp_path / "bin"))
+    error = run_failing(capsys, *common(raw, tmp_path / "bin"))
     assert f"validpref={raw / 'valid'}: {raw / 'valid.en'} not found" in error
     assert not (tmp_path / "bin").exists()
 
 
 def test_line_count_mismatch_names_both_files(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with open(raw / "train.en", "a", encoding="utf-8") as file:
         file.write("one more line")  # no final newline: still a line
-    error = run_failing(monkeypatch, capsys, *common(raw, tmp_path / "bin"))
+    error = run_failing(capsys, *common(raw, tmp_path / "bin"))
     assert (
         f"source/target line counts differ: {raw / 'train.de'} has 300 lines, "
         f"{raw / 'train.en'} has 301" in error
@@ -292,46 +276,46 @@ def test_line_count_mismatch_names_both_files(
 
 
 def test_invalid_utf8_names_file_and_line(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = (raw / "test.de").read_bytes().split(b"\n")
     lines[6] = b"gr\xf6\xdfe katze"  # latin-1, not UTF-8
     (raw / "test.de").write_bytes(b"\n".join(lines))
-    error = run_failing(monkeypatch, capsys, *common(raw, tmp_path / "bin"))
+    error = run_failing(capsys, *common(raw, tmp_path / "bin"))
     assert f"{raw / 'test.de'}:7: invalid UTF-8 (byte 0xf6 at byte 3 of the line)" in error
 
 
 def test_vocabulary_larger_than_data_supports(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    error = run_failing(monkeypatch, capsys, *common(raw, tmp_path / "bin"), "bpe_vocab_size=5000")
+    error = run_failing(capsys, *common(raw, tmp_path / "bin"), "bpe_vocab_size=5000")
     assert "bpe_vocab_size=5000: the training text" in error
     assert "set bpe_vocab_size<=" in error
-    error = run_failing(monkeypatch, capsys, *common(raw, tmp_path / "bin"), "bpe_vocab_size=10")
+    error = run_failing(capsys, *common(raw, tmp_path / "bin"), "bpe_vocab_size=10")
     assert "bpe_vocab_size=10: smaller than the" in error
     assert not (tmp_path / "bin").exists()
     assert [path.name for path in tmp_path.iterdir()] == ["raw"]  # no temporary folder left
 
 
 def test_existing_destdir_needs_overwrite(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     destdir = tmp_path / "bin"
     settings = [*common(raw, destdir), "bpe=none"]
-    run(monkeypatch, *settings)
-    error = run_failing(monkeypatch, capsys, *settings)
+    run(*settings)
+    error = run_failing(capsys, *settings)
     assert "already exists, built from the same inputs and settings" in error
     assert "pass overwrite=true" in error
-    error = run_failing(monkeypatch, capsys, *settings, "padding_factor=1")
+    error = run_failing(capsys, *settings, "padding_factor=1")
     assert f"destdir={destdir} already exists and holds other data" in error
     assert "pass overwrite=true" in error
 
-    run(monkeypatch, *settings, "padding_factor=1", "overwrite=true")
+    run(*settings, "padding_factor=1", "overwrite=true")
     assert manifest(destdir)["config"]["padding_factor"] == 1
     assert len(Dictionary.load(destdir / "dict.de.txt")) == 4 + len(set(GERMAN))
 
     (destdir / "notes.md").write_text("mine", encoding="utf-8")
-    error = run_failing(monkeypatch, capsys, *settings, "overwrite=true")
+    error = run_failing(capsys, *settings, "overwrite=true")
     assert "'notes.md'" in error and "choose another destdir" in error
     assert (destdir / "notes.md").read_text(encoding="utf-8") == "mine"
 
@@ -372,12 +356,11 @@ def test_interrupted_run_leaves_no_destdir(
     ],
 )
 def test_config_mistakes_are_one_line(
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     settings: list[str],
     message: str,
 ) -> None:
-    assert message in run_failing(monkeypatch, capsys, *settings)
+    assert message in run_failing(capsys, *settings)
 
 
 def test_console_script_exits_non_zero_with_one_line(tmp_path: Path) -> None:
@@ -391,7 +374,7 @@ def test_console_script_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"{Path(command[-1]).name}: error: trainpref={tmp_path / 'nope'}: "
+        f"nmtkit-preprocess: error: trainpref={tmp_path / 'nope'}: "
         f"{tmp_path / 'nope.de'} not found; trainpref={tmp_path / 'nope'}: "
         f"{tmp_path / 'nope.en'} not found"
     ]
@@ -399,11 +382,9 @@ def test_console_script_exits_non_zero_with_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.fairseq
 @pytest.mark.skipif(not FAIRSEQ_PYTHON.exists(), reason="needs fairseq at /work/fairseq-venv")
-def test_fairseq_reads_our_data_directory(
-    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fairseq_reads_our_data_directory(raw: Path, tmp_path: Path) -> None:
     destdir = tmp_path / "bin"
-    run(monkeypatch, *common(raw, destdir), "bpe_vocab_size=64", "joined_dictionary=true")
+    run(*common(raw, destdir), "bpe_vocab_size=64", "joined_dictionary=true")
     reader = (
         "import json, sys\n"
         "from fairseq.data import Dictionary\n"
