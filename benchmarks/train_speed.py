@@ -256,6 +256,7 @@ def train_once(toolkit: str, opts: argparse.Namespace, run_dir: Path) -> RunResu
     common = (opts.data, run_dir, opts.updates, opts.max_tokens, opts.device)
     if toolkit == "nmtkit":
         args = nmtkit_train_args(*common, opts.nmtkit_precision, opts.log_interval)
+        args += opts.nmtkit_arg
         result = run_measured(
             toolkit, NMTKIT_PYTHON, "nmtkit_cli.train:cli_main", "nmtkit-train", args,
             run_dir / "stdout.log", env=thread_env(opts),
@@ -346,6 +347,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--nmtkit-precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--fairseq-precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS (0: default)")
+    parser.add_argument("--nmtkit-arg", action="append", default=[],
+                        help="extra nmtkit-train setting, e.g. optimizer.fused=false")  # fmt: skip
     parser.add_argument("--only", choices=["nmtkit", "fairseq"], help="run one toolkit only")
     parser.add_argument("--json", type=Path, help="write the results here")
     opts = parser.parse_args()

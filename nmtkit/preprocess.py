@@ -206,10 +206,11 @@ def preprocess(cfg: PreprocessConfig) -> Path:
     destdir = Path(cfg.destdir)
     _check_destination(destdir, fingerprint, cfg.overwrite)
 
-    destdir.parent.mkdir(parents=True, exist_ok=True)
+    location = destdir.resolve()  # `destdir=.` has no name to build a sibling's from
+    location.parent.mkdir(parents=True, exist_ok=True)
     # A hidden sibling on the same file system, so the final rename is atomic; mkdir (not
     # mkdtemp) so the folder gets the usual permissions.
-    staging = destdir.with_name(f".{destdir.name}.tmp-{uuid.uuid4().hex[:12]}")
+    staging = location.with_name(f".{location.name}.tmp-{uuid.uuid4().hex[:12]}")
     staging.mkdir()
     try:
         models, model_files = _sentencepiece_models(cfg, languages, inputs, staging)
@@ -242,7 +243,7 @@ def preprocess(cfg: PreprocessConfig) -> Path:
         (staging / PREPROCESS_JSON).write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        _move_into_place(staging, destdir)
+        _move_into_place(staging, location)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -350,10 +351,10 @@ def _check_destination(destdir: Path, fingerprint: str, overwrite: bool) -> None
         )
     ]
     if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise DataError(
-            f"destdir={destdir}: not replaced although overwrite=true, because it holds "
-            f"'{foreign[0]}' ({len(foreign)} entries in all) that is not a data-directory "
-            "file; choose another destdir"
+            f"destdir={destdir}: not replaced although overwrite=true, because it holds what "
+            f"nmtkit-preprocess does not write ({shown}); choose another destdir"
         )
 
 

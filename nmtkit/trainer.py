@@ -116,13 +116,20 @@ def train(cfg: TrainConfig) -> Progress:
     run_started = time.monotonic() - progress.train_seconds
     interval = IntervalStats()
     lr = optimizer.get_lr()
-    stop_reason = ""
+    # Re-running a finished run's command resumes into "nothing left to do", not one more update.
+    stop_reason = mid_epoch_stop_reason(cfg, progress, lr)
+    max_epoch = cfg.optimization.max_epoch
+    if max_epoch and train_iterator.next_epoch_idx > max_epoch:
+        stop_reason = f"reached max_epoch={max_epoch}"
+    if stop_reason:
+        logger.info(f"nothing to train: {stop_reason} already (run directory {save_dir})")
 
     while not stop_reason:
         epoch_batches = train_iterator.next_epoch_itr()
         progress.epoch = train_iterator.epoch
         lr_scheduler.step_begin_epoch(progress.epoch)
-        logger.start_epoch(progress.epoch, len(epoch_batches), train_iterator.iterations_in_epoch)
+        done_before = train_iterator.iterations_in_epoch
+        logger.start_epoch(progress.epoch, done_before + len(epoch_batches), done_before)
         batches = iter(epoch_batches)
         while True:
             # 1. Get the batches of one update (update_freq of them, fewer at the epoch end).

@@ -233,6 +233,9 @@ def test_exact_resume(data_dir: Path, tmp_path: Path) -> None:
     resumed_losses = [(r["update"], r["loss"], r["gnorm"]) for r in train_log(resumed)]
     assert len(straight_losses) == 16
     assert resumed_losses == straight_losses  # identical, not just close
+    # The same command once more: nothing left to train, nothing appended.
+    train_cli(train_args(data_dir, resumed, "optimization.max_update=16", *common))
+    assert len(train_log(resumed)) == 16
 
 
 def test_bad_checkpoints_are_one_line_errors(
