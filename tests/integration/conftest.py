@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from nmtkit_cli.preprocess import cli_main as preprocess_cli
 
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from nmtkit_cli.generate import cli_main as generate_cli
 
 from nmtkit import checkpoint as checkpoint_module
 from nmtkit.checkpoint import load_checkpoint
+from nmtkit_cli.generate import cli_main as generate_cli
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "checkpoints"
 CHECKPOINTS = sorted(FIXTURES.glob("format*_tiny.pt"))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from nmtkit_cli.train import cli_main as train_cli
 
 from nmtkit.config import launcher
+from nmtkit_cli.train import cli_main as train_cli
 
 BASE = ["task.data=unused", "optimization.max_update=5", "dataset.max_tokens=64"]
 

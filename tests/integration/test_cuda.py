@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_generate import train_args, train_log
 
 from nmtkit_cli.generate import cli_main as generate_cli
 from nmtkit_cli.train import cli_main as train_cli
-from test_train_generate import train_args, train_log
 
 pytestmark = [
     pytest.mark.cuda,

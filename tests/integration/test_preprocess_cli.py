@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from nmtkit_cli.preprocess import cli_main
 
 from nmtkit.data import binarizer
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.indexed_dataset import MMapIndexedDataset
 from nmtkit.data.text_encoder import TextEncoder
 from nmtkit.preprocess import PreprocessConfig, preprocess
+from nmtkit_cli.preprocess import cli_main
 
 GERMAN = (
     "das haus ist groß die katze schläft der hund läuft schnell und klein rot grün baum im "

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
-from nmtkit_cli.score import ScoreConfig, cli_main, main, read_segments
 
 from nmtkit.config.launcher import run_cli
 from nmtkit.errors import ConfigError, DataError
+from nmtkit_cli.score import ScoreConfig, cli_main, main, read_segments
 
 HYPOTHESES = ["The cat sat on the mat.", "Hello world, how are you?", "Guten Tag in Berlin"]
 REFERENCE = ["The cat is sitting on the mat.", "hello world, how are you doing?", "Good day"]

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from nmtkit.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from nmtkit_cli.average_checkpoints import cli_main as average_cli
 from nmtkit_cli.export import cli_main as export_cli
 from nmtkit_cli.generate import cli_main as generate_cli
 from nmtkit_cli.score import cli_main as score_cli
 from nmtkit_cli.train import cli_main as train_cli
-
-from nmtkit.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 
 
 def train_args(data_dir: Path, save_dir: Path, *extra: str) -> list[str]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from nmtkit_cli.train import cli_main as train_cli
 from test_train_generate import run_cli, train_args, train_log
 
 from nmtkit.tasks.translation import TranslationTask
+from nmtkit_cli.train import cli_main as train_cli
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
