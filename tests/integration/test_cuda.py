@@ -18,7 +18,9 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_train_and_generate_on_cuda(precision: str, data_dir: Path, raw_dir: Path, tmp_path: Path) -> None:
+def test_train_and_generate_on_cuda(
+    precision: str, data_dir: Path, raw_dir: Path, tmp_path: Path
+) -> None:
     save_dir = tmp_path / "run"
     train_cli(
         train_args(data_dir, save_dir, "common.device=cuda", f"common.precision={precision}",
@@ -31,4 +33,6 @@ def test_train_and_generate_on_cuda(precision: str, data_dir: Path, raw_dir: Pat
     output = tmp_path / "hyp.txt"
     generate_cli([f"checkpoint={save_dir / 'checkpoint_last.pt'}", f"input={raw_dir / 'test.src'}",
                   f"output={output}", "device=cuda", f"precision={precision}"])  # fmt: skip
-    assert len(output.read_text().splitlines()) == len((raw_dir / "test.src").read_text().splitlines())
+    assert len(output.read_text().splitlines()) == len(
+        (raw_dir / "test.src").read_text().splitlines()
+    )
