@@ -138,7 +138,7 @@ def train(cfg: TrainConfig) -> Progress:
                 break
 
             # 2-4. Forward, loss, backward; DDP syncs gradients on the last batch only.
-            sample_size, logging_sums = 0, None
+            update_stats = UpdateStats()
             for i, sample in enumerate(update_batches):
                 sample = distributed.move_to_device(sample, device)
                 is_last = i == len(update_batches) - 1
@@ -146,27 +146,21 @@ def train(cfg: TrainConfig) -> Progress:
                     with torch.autocast(
                         device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
                     ):
-                        loss, batch_size, logging_output = task.train_step(
+                        loss, sample_size, logging_output = task.train_step(
                             ddp_model, criterion, sample
                         )
                     if sample.get("is_dummy"):
                         # A shard one batch short repeats a batch so DDP ranks stay in step;
                         # it must add nothing to gradients or statistics.
-                        loss, batch_size = loss * 0.0, 0
-                        logging_output = {k: 0 for k in logging_output}
+                        loss, sample_size, logging_output = loss * 0.0, 0, {}
                     scaler.scale(loss).backward()
-                sample_size += batch_size
-                logging_sums = add_logging(logging_sums, logging_output, device)
+                update_stats.add(sample_size, logging_output)
 
             # 5. Sum the token counts over ranks, then turn summed gradients into per-token ones.
-            totals = distributed.all_reduce_sum(
-                torch.cat([torch.tensor([float(sample_size)], device=device), logging_sums.values]),
-                context,
-            )
-            total_sample_size = totals[0].item()
+            update_stats.all_reduce(context)
             scaler.unscale_(optimizer.optimizer)
             # DDP averaged over ranks; multiply back to a sum, then divide by all tokens.
-            scale_gradients(params, context.world_size / max(total_sample_size, 1.0))
+            scale_gradients(params, context.world_size / max(update_stats.sample_size, 1))
             max_norm = cfg.optimization.clip_norm if cfg.optimization.clip_norm > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
 
@@ -176,7 +170,7 @@ def train(cfg: TrainConfig) -> Progress:
                 scaler.update()
                 progress.num_updates += 1
                 lr = lr_scheduler.step_update(progress.num_updates)
-                interval.add(logging_sums.keys, totals[1:], grad_norm, total_sample_size)
+                interval.add(update_stats, grad_norm)
             else:
                 handle_nonfinite_update(cfg, scaler, progress, logger)
             optimizer.zero_grad()
@@ -330,24 +324,48 @@ def describe_run(
     )
 
 
-@dataclass
-class LoggingSums:
-    """Numeric logging outputs of one update, kept on the device to avoid host syncs."""
+class UpdateStats:
+    """Logging outputs of one update. Python numbers are summed on the host and tensors on
+    their device, so nothing waits for the GPU until a log line is due."""
 
-    keys: list[str]
-    values: torch.Tensor
+    def __init__(self) -> None:
+        self.sample_size = 0.0
+        self.numbers: dict[str, float] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
 
+    def add(self, sample_size: float, logging_output: dict[str, Any]) -> None:
+        self.sample_size += sample_size
+        for key, value in logging_output.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach().double()
+                self.tensors[key] = value + self.tensors[key] if key in self.tensors else value
+            elif isinstance(value, (int, float)):
+                self.numbers[key] = self.numbers.get(key, 0.0) + value
 
-def add_logging(
-    sums: LoggingSums | None, logging_output: dict[str, Any], device: torch.device
-) -> LoggingSums:
-    keys = sorted(k for k, v in logging_output.items() if isinstance(v, (int, float, torch.Tensor)))
-    values = torch.stack(
-        [torch.as_tensor(logging_output[k], dtype=torch.float64, device=device) for k in keys]
-    ).float()
-    if sums is None:
-        return LoggingSums(keys, values)
-    return LoggingSums(keys, sums.values + values)
+    def merge(self, other: UpdateStats) -> None:
+        self.sample_size += other.sample_size
+        self.add(0, {**other.numbers, **other.tensors})
+
+    def all_reduce(self, context: distributed.DistributedContext) -> None:
+        """One collective for every statistic of the update (no-op on a single process)."""
+        if not context.is_distributed:
+            return
+        number_keys, tensor_keys = sorted(self.numbers), sorted(self.tensors)
+        host = torch.tensor(
+            [self.sample_size, *(self.numbers[k] for k in number_keys)],
+            dtype=torch.float64,
+            device=context.device,
+        )
+        packed = torch.cat([host, *(self.tensors[k].reshape(1) for k in tensor_keys)])
+        distributed.all_reduce_sum(packed, context)
+        summed_host = packed[: len(host)].tolist()
+        self.sample_size = summed_host[0]
+        self.numbers = dict(zip(number_keys, summed_host[1:]))
+        self.tensors = {k: packed[len(host) + i] for i, k in enumerate(tensor_keys)}
+
+    def totals(self) -> dict[str, float]:
+        values = torch.stack(list(self.tensors.values())).tolist() if self.tensors else []
+        return {**self.numbers, **dict(zip(self.tensors, values))}
 
 
 def scale_gradients(params: list[torch.nn.Parameter], factor: float) -> None:
@@ -362,28 +380,21 @@ class IntervalStats:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.updates = 0
-        self.keys: list[str] = []
-        self.sums: torch.Tensor | None = None
+        self.sums = UpdateStats()
         self.grad_norm_sum = 0.0
-        self.sample_size_sum = 0.0
 
-    def add(
-        self, keys: list[str], values: torch.Tensor, grad_norm: float, sample_size: float
-    ) -> None:
-        self.keys = keys
-        self.sums = values.clone() if self.sums is None else self.sums + values
+    def add(self, update_stats: UpdateStats, grad_norm: float) -> None:
+        self.sums.merge(update_stats)
         self.updates += 1
         self.grad_norm_sum += grad_norm
-        self.sample_size_sum += sample_size
 
     def summary(
         self, criterion: Any, progress: Progress, lr: float, scaler: torch.amp.GradScaler | None
     ) -> dict[str, Any]:
-        assert self.sums is not None
         seconds = max(time.monotonic() - self.started, 1e-9)
-        totals = dict(zip(self.keys, self.sums.tolist()))
+        totals = self.sums.totals()
         metrics = criterion.reduce_metrics([totals])
-        ntokens = totals.get("ntokens", self.sample_size_sum)
+        ntokens = totals.get("ntokens", self.sums.sample_size)
         stats: dict[str, Any] = {"update": progress.num_updates, "epoch": progress.epoch}
         stats.update(
             {
