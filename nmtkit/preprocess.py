@@ -309,10 +309,6 @@ def _fingerprint(
         for key, value in dataclasses.asdict(cfg).items()
         if key not in _NOT_FINGERPRINTED
     }
-    if cfg.bpe == "sentencepiece" and not cfg.bpe_model:
-        # sentencepiece's multi-threaded training gives a (slightly) different model for
-        # another number of threads.
-        settings["workers"] = cfg.workers
     hashes = {
         f"{split}.{lang}": info.sha256
         for split, files in inputs.items()
@@ -427,7 +423,9 @@ def _train_sentencepiece(
             model_type=cfg.bpe_model_type,
             character_coverage=cfg.bpe_character_coverage,
             input_sentence_size=0,  # the sample above is the whole training input
-            num_threads=cfg.workers,
+            # One thread: multi-threaded training gives a different model for another thread
+            # count, and the same inputs must give the same data directory on any machine.
+            num_threads=1,
             pad_id=-1,  # padding is the dictionary's business, not a piece
             minloglevel=2,
         )

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sentencepiece
 
 from nmtkit.data import binarizer
 from nmtkit.data.dictionary import Dictionary
@@ -215,12 +216,20 @@ def test_workers_do_not_change_the_output(
         "bpe_vocab_size=64",
         "joined_dictionary=true",
     )
-    for extra in (["bpe=none"], [f"bpe_model={spm_source / 'spm.model'}"]):
+    trained = ["bpe_vocab_size=64", "joined_dictionary=true"]  # SentencePiece trained here too
+    for extra in (["bpe=none"], [f"bpe_model={spm_source / 'spm.model'}"], trained):
         outputs = []
         for workers in (1, 2):
-            destdir = tmp_path / f"{extra[0].split('=')[0]}_{workers}"
+            destdir = tmp_path / f"{extra[0].split('=')[0]}_{len(extra)}_{workers}"
             run(*common(raw, destdir), f"workers={workers}", *extra)
-            outputs.append((data_files(destdir), manifest(destdir)["fingerprint"]))
+            files = data_files(destdir)
+            if "spm.model" in files:  # its trainer record names the output path: compare pieces
+                model = files.pop("spm.model")
+                processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+                files["pieces"] = repr(
+                    [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+                ).encode()
+            outputs.append((files, manifest(destdir)["fingerprint"]))
         assert outputs[0] == outputs[1]
         assert len(outputs[0][0]) >= 14
 
