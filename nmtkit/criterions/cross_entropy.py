@@ -116,6 +116,30 @@ def reduce_cross_entropy_metrics(
     return metrics
 
 
+def cross_entropy_logging_output(
+    loss: torch.Tensor,
+    nll_loss: torch.Tensor,
+    sample: dict[str, Any],
+    lprobs: torch.Tensor,
+    target: torch.Tensor,
+    padding_idx: int,
+    report_accuracy: bool,
+) -> dict[str, Any]:
+    """The sums both cross-entropy criterions log (tensors stay on the device)."""
+    logging_output: dict[str, Any] = {
+        "loss": loss.detach(),
+        "nll_loss": nll_loss.detach(),
+        "ntokens": sample["ntokens"],
+        "nsentences": sample["nsentences"],
+        "sample_size": sample["ntokens"],
+    }
+    if report_accuracy:
+        logging_output["n_correct"], logging_output["total"] = count_correct(
+            lprobs, target, padding_idx
+        )
+    return logging_output
+
+
 @register_criterion("cross_entropy", CrossEntropyConfig)
 class CrossEntropy(Criterion):
     """Summed negative log-likelihood of the non-padding target tokens, in nats.
@@ -137,19 +161,10 @@ class CrossEntropy(Criterion):
             ignore_index=self.padding_idx,
             reduction="sum",
         )
-        sample_size = sample["ntokens"]
-        logging_output: dict[str, Any] = {
-            "loss": loss.detach(),
-            "nll_loss": loss.detach(),
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["nsentences"],
-            "sample_size": sample_size,
-        }
-        if self.cfg.report_accuracy:
-            logging_output["n_correct"], logging_output["total"] = count_correct(
-                lprobs, target, self.padding_idx
-            )
-        return loss, sample_size, logging_output
+        logging_output = cross_entropy_logging_output(
+            loss, loss, sample, lprobs, target, self.padding_idx, self.cfg.report_accuracy
+        )
+        return loss, sample["ntokens"], logging_output
 
     @staticmethod
     def reduce_metrics(logging_outputs: list[dict[str, Any]]) -> dict[str, float]:

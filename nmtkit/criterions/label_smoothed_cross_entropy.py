@@ -10,7 +10,7 @@ from torch import nn
 
 from nmtkit.criterions.base import Criterion, register_criterion
 from nmtkit.criterions.cross_entropy import (
-    count_correct,
+    cross_entropy_logging_output,
     reduce_cross_entropy_metrics,
     target_log_probs,
 )
@@ -77,19 +77,12 @@ class LabelSmoothedCrossEntropy(Criterion):
         )
         # fairseq's convention: gradients are normalised by all target tokens even when a
         # prefix is ignored, so runs with and without ignore_prefix_size stay comparable.
-        sample_size = sample["ntokens"]
-        logging_output: dict[str, Any] = {
-            "loss": loss.detach(),
-            "nll_loss": nll_loss.detach(),
-            "ntokens": sample["ntokens"],
-            "nsentences": sample["nsentences"],
-            "sample_size": sample_size,
-        }
-        if self.cfg.report_accuracy:
-            logging_output["n_correct"], logging_output["total"] = count_correct(
-                lprobs, target, self.padding_idx
-            )
-        return loss, sample_size, logging_output
+        # fairseq's convention: gradients are normalised by all target tokens even when a
+        # prefix is ignored, so runs with and without ignore_prefix_size stay comparable.
+        logging_output = cross_entropy_logging_output(
+            loss, nll_loss, sample, lprobs, target, self.padding_idx, self.cfg.report_accuracy
+        )
+        return loss, sample["ntokens"], logging_output
 
     @staticmethod
     def reduce_metrics(logging_outputs: list[dict[str, Any]]) -> dict[str, float]:
