@@ -14,6 +14,7 @@ from typing import IO, Any, Optional
 import torch
 
 from nmtkit.config.launcher import run_cli
+from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.iterators import EpochBatchIterator
 from nmtkit.distributed import choose_device
 from nmtkit.errors import ConfigError, DataError
@@ -68,6 +69,11 @@ class GenerateConfig(SearchConfig):
             errors.append(f"buffer_size={self.buffer_size}: must be >= 1")
         if self.data and self.input:
             errors.append("input/data: give one of them")
+        if self.prefix_size > 0 and not self.data:
+            errors.append(
+                f"prefix_size={self.prefix_size}: forced prefixes come from the references, "
+                "so it needs data=DIR (a binarized split with targets)"
+            )
         return errors
 
 
@@ -98,7 +104,14 @@ def main(cfg: GenerateConfig) -> None:
 def translate_binarized(
     cfg: GenerateConfig, task: Any, models: list, device: torch.device, out: IO[str]
 ) -> None:
-    task.data_dirs = [Path(cfg.data)]
+    data_dir = Path(cfg.data)
+    for lang, dictionary in ((task.source_lang, task.src_dict), (task.target_lang, task.tgt_dict)):
+        if Dictionary.load(data_dir / f"dict.{lang}.txt") != dictionary:
+            raise DataError(
+                f"data={data_dir}: dict.{lang}.txt differs from the checkpoint's dictionary; "
+                "binarize with srcdict/tgtdict from the training data, or translate raw text"
+            )
+    task.data_dirs = [data_dir]
     dataset = task.load_dataset(cfg.subset)
     iterator = EpochBatchIterator(
         dataset, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, seed=cfg.seed,

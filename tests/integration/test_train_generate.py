@@ -292,3 +292,20 @@ def test_resume_refuses_a_different_model(
         capsys,
     )
     assert code == 1 and "does not fit the configured model" in err
+
+
+def test_generate_refuses_data_with_other_dictionaries(
+    trained: Path, raw_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nmtkit_cli.preprocess import cli_main as preprocess_cli
+
+    other = tmp_path / "other-bin"
+    preprocess_cli(
+        ["source_lang=src", "target_lang=tgt", f"trainpref={raw_dir / 'train'}",
+         f"testpref={raw_dir / 'test'}", f"destdir={other}", "bpe=none"]
+    )  # fmt: skip
+    checkpoint = f"checkpoint={trained / 'checkpoint_last.pt'}"
+    code, _, err = run_cli(generate_cli, [checkpoint, f"data={other}"], capsys)
+    assert code == 1 and "dict.src.txt differs from the checkpoint's dictionary" in err
+    code, _, err = run_cli(generate_cli, [checkpoint, "input=-", "prefix_size=1"], capsys)
+    assert code == 1 and "prefix_size=1: forced prefixes come from the references" in err
