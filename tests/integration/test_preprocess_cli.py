@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -28,7 +29,7 @@ ENGLISH = (
     "bird sings loudly car drives slowly"
 ).split()
 SPLIT_SIZES = {"train": 300, "valid": 20, "test": 20}
-FAIRSEQ_PYTHON = Path("/work/fairseq-venv/bin/python")
+FAIRSEQ_PYTHON = Path(os.environ.get("FAIRSEQ_PYTHON", "/work/fairseq-venv/bin/python"))
 
 
 def write_corpus(folder: Path) -> dict[str, tuple[list[str], list[str]]]:
