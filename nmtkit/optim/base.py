@@ -63,10 +63,13 @@ class LRScheduler:
         return self.optimizer.get_lr()
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        """For schedules that are a function of the update count, the current lr is all
+        there is to save; schedules with more state override both methods."""
+        return {"lr": self.optimizer.get_lr()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self.lr = state["lr"]
+        self.optimizer.set_lr(self.lr)
 
 
 OPTIMIZERS: Registry[Optimizer] = Registry("optimizer", Optimizer)

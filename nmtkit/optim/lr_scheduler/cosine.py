@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from nmtkit.errors import ConfigError
 from nmtkit.optim.base import LRScheduler, Optimizer, register_lr_scheduler
@@ -85,10 +85,3 @@ class CosineSchedule(LRScheduler):
             self.lr = self.cfg.min_lr + 0.5 * amplitude * (1.0 + math.cos(math.pi * progress))
         self.optimizer.set_lr(self.lr)
         return self.lr
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lr = state["lr"]
-        self.optimizer.set_lr(self.lr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from nmtkit.optim.base import LRScheduler, Optimizer, register_lr_scheduler
 from nmtkit.registry import ComponentConfig
@@ -60,10 +60,3 @@ class InverseSqrtSchedule(LRScheduler):
             self.lr = self.decay_factor / math.sqrt(num_updates)
         self.optimizer.set_lr(self.lr)
         return self.lr
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lr = state["lr"]
-        self.optimizer.set_lr(self.lr)

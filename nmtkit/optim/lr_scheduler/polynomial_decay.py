@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from nmtkit.errors import ConfigError
 from nmtkit.optim.base import LRScheduler, Optimizer, register_lr_scheduler
@@ -86,10 +86,3 @@ class PolynomialDecaySchedule(LRScheduler):
             self.lr = (self.base_lr - end_lr) * remaining**self.cfg.power + end_lr
         self.optimizer.set_lr(self.lr)
         return self.lr
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lr = state["lr"]
-        self.optimizer.set_lr(self.lr)
