@@ -32,14 +32,22 @@ def build_embedding(vocab_size: int, embed_dim: int, padding_idx: int) -> nn.Emb
     return embedding
 
 
-class TransformerEncoder(nn.Module):
-    """Token + position embeddings, then a stack of self-attention layers."""
+class EmbeddedLayerStack(nn.Module):
+    """What encoder and decoder share: scaled token embeddings plus positions (optionally
+    layer-normed, then dropout) in front of a layer stack, and the final pre-norm LayerNorm."""
 
     def __init__(
-        self, cfg: TransformerConfig, embed_tokens: nn.Embedding, padding_idx: int
+        self,
+        cfg: TransformerConfig,
+        embed_tokens: nn.Embedding,
+        padding_idx: int,
+        *,
+        max_positions: int,
+        learned_positions: bool,
+        normalize_before: bool,
     ) -> None:
         super().__init__()
-        embed_dim = cfg.encoder_embed_dim
+        embed_dim = embed_tokens.embedding_dim
         self.padding_idx = padding_idx
         self.dropout = cfg.dropout
         self.embed_tokens = embed_tokens
@@ -48,13 +56,38 @@ class TransformerEncoder(nn.Module):
             None
             if cfg.no_token_positional_embeddings
             else build_positional_embedding(
-                embed_dim, padding_idx, cfg.max_source_positions, cfg.encoder_learned_pos
+                embed_dim, padding_idx, max_positions, learned_positions
             )
         )
         self.layernorm_embedding = nn.LayerNorm(embed_dim) if cfg.layernorm_embedding else None
+        self.layer_norm = nn.LayerNorm(embed_dim) if normalize_before else None
+
+    def embed(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.embed_scale * self.embed_tokens(tokens)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(tokens, positions)
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        return F.dropout(x, p=self.dropout, training=self.training)
+
+
+class TransformerEncoder(EmbeddedLayerStack):
+    """Token + position embeddings, then a stack of self-attention layers."""
+
+    def __init__(
+        self, cfg: TransformerConfig, embed_tokens: nn.Embedding, padding_idx: int
+    ) -> None:
+        super().__init__(
+            cfg,
+            embed_tokens,
+            padding_idx,
+            max_positions=cfg.max_source_positions,
+            learned_positions=cfg.encoder_learned_pos,
+            normalize_before=cfg.encoder_normalize_before,
+        )
         self.layers = nn.ModuleList(
             TransformerEncoderLayer(
-                embed_dim,
+                cfg.encoder_embed_dim,
                 cfg.encoder_ffn_embed_dim,
                 cfg.encoder_attention_heads,
                 dropout=cfg.dropout,
@@ -65,16 +98,10 @@ class TransformerEncoder(nn.Module):
             )
             for _ in range(cfg.encoder_layers)
         )
-        self.layer_norm = nn.LayerNorm(embed_dim) if cfg.encoder_normalize_before else None
 
     def forward(self, src_tokens: torch.Tensor) -> EncoderOut:
         padding_mask = src_tokens.eq(self.padding_idx)
-        x = self.embed_scale * self.embed_tokens(src_tokens)
-        if self.embed_positions is not None:
-            x = x + self.embed_positions(src_tokens)
-        if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = self.embed(src_tokens)
         # Pads start as zero vectors (as in fairseq), whatever the embeddings added to them.
         x = x * (~padding_mask).unsqueeze(-1).type_as(x)
         for layer in self.layers:
@@ -84,7 +111,7 @@ class TransformerEncoder(nn.Module):
         return {"encoder_out": x, "encoder_padding_mask": padding_mask}
 
 
-class TransformerDecoder(nn.Module):
+class TransformerDecoder(EmbeddedLayerStack):
     """Token + position embeddings, causal self-attention / encoder attention layers, output
     projection to vocabulary logits."""
 
@@ -95,20 +122,15 @@ class TransformerDecoder(nn.Module):
         padding_idx: int,
         tie_output_to_embedding: bool,
     ) -> None:
-        super().__init__()
-        embed_dim = cfg.decoder_embed_dim
-        self.padding_idx = padding_idx
-        self.dropout = cfg.dropout
-        self.embed_tokens = embed_tokens
-        self.embed_scale = 1.0 if cfg.no_scale_embedding else math.sqrt(embed_dim)
-        self.embed_positions = (
-            None
-            if cfg.no_token_positional_embeddings
-            else build_positional_embedding(
-                embed_dim, padding_idx, cfg.max_target_positions, cfg.decoder_learned_pos
-            )
+        super().__init__(
+            cfg,
+            embed_tokens,
+            padding_idx,
+            max_positions=cfg.max_target_positions,
+            learned_positions=cfg.decoder_learned_pos,
+            normalize_before=cfg.decoder_normalize_before,
         )
-        self.layernorm_embedding = nn.LayerNorm(embed_dim) if cfg.layernorm_embedding else None
+        embed_dim = cfg.decoder_embed_dim
         self.layers = nn.ModuleList(
             TransformerDecoderLayer(
                 embed_dim,
@@ -124,7 +146,6 @@ class TransformerDecoder(nn.Module):
             )
             for index in range(cfg.decoder_layers)
         )
-        self.layer_norm = nn.LayerNorm(embed_dim) if cfg.decoder_normalize_before else None
         vocab_size = embed_tokens.num_embeddings
         self.output_projection = nn.Linear(embed_dim, vocab_size, bias=False)
         if tie_output_to_embedding:
@@ -155,12 +176,7 @@ class TransformerDecoder(nn.Module):
             if positions is not None:
                 positions = positions[:, cached_steps:]
 
-        x = self.embed_scale * self.embed_tokens(tokens)
-        if self.embed_positions is not None:
-            x = x + self.embed_positions(tokens, positions)
-        if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = self.embed(tokens, positions)
         for layer in self.layers:
             x = layer(
                 x,
