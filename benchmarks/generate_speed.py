@@ -8,10 +8,12 @@ give --nmtkit-checkpoint/--fairseq-checkpoint). Runs alternate between the toolk
     python benchmarks/generate_speed.py --quality-dir /work/bench/quality --repeats 3
     python benchmarks/generate_speed.py ... --device cuda --nmtkit-precision bf16 --fairseq-fp16
 
-Generation time excludes start-up and model loading: every measured command is also run on a
-one-sentence copy of the test set (same model, same settings) and that time is subtracted.
+Generation time excludes start-up and model loading: every measured command is also run on
+the first 8 sentences of the test set (same model, same settings; fairseq-generate fails on a
+single sentence) and that time is subtracted.
 fairseq's own "Translated ... in Xs" figure (search only, no I/O) is shown beside it.
-Hypothesis lengths are counted the same way for both: SentencePiece pieces of the
+--fixed-length N forces every hypothesis to N tokens in both toolkits, which removes the
+effect of the two models translating to different lengths. Hypothesis lengths are counted the same way for both: SentencePiece pieces of the
 detokenized output (without </s>), since longer translations take longer to search.
 """
 
@@ -58,6 +60,8 @@ def nmtkit_generate(
         f"device={opts.device}",
         f"precision={opts.nmtkit_precision}",
     ]
+    if opts.fixed_length:
+        args += ["max_len_a=0", f"max_len_b={opts.fixed_length}", f"min_len={opts.fixed_length}"]
     result = run_measured(
         "nmtkit", NMTKIT_PYTHON, "nmtkit_cli.generate:cli_main", "nmtkit-generate", args,
         output.with_suffix(".log"),
@@ -78,6 +82,9 @@ def fairseq_generate(
         "--beam", str(opts.beam), "--batch-size", str(opts.batch_size),
         "--remove-bpe", "sentencepiece", "--results-path", str(output.parent / output.stem),
     ]  # fmt: skip
+    if opts.fixed_length:
+        args += ["--max-len-a", "0", "--max-len-b", str(opts.fixed_length)]
+        args += ["--min-len", str(opts.fixed_length)]
     if opts.device == "cpu":
         args.append("--cpu")
     if opts.fairseq_fp16:
@@ -86,11 +93,13 @@ def fairseq_generate(
         "fairseq", opts.fairseq_python, "fairseq_cli.generate:cli_main", "fairseq-generate",
         args, output.with_suffix(".log"), env={"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
     )  # fmt: skip
-    # --results-path writes generate-test.txt: H-<id>\t<score>\t<text without bpe>.
+    # --results-path writes generate-test.txt: H-<id>\t<score>\t<text without bpe>; the
+    # "Translated ... in Xs" summary goes to the console log.
     generated = (output.parent / output.stem / "generate-test.txt").read_text(encoding="utf-8")
     by_id = {}
     reported = None
-    for line in generated.splitlines():
+    console = output.with_suffix(".log").read_text(encoding="utf-8")
+    for line in generated.splitlines() + console.splitlines():
         if line.startswith("H-"):
             key, _, text = line.split("\t", 2)
             by_id[int(key[2:])] = text
@@ -106,22 +115,27 @@ def memory_of(result) -> float:
     return result.cuda_peak_mb if result.cuda_peak_mb is not None else result.peak_rss_mb
 
 
-def one_sentence_copy(data: Path, raw: Path, work_dir: Path) -> tuple[Path, Path]:
-    """A one-sentence test set (raw and binarized with the same dictionaries and
-    SentencePiece model) for measuring start-up and model loading alone."""
-    one = work_dir / "one_sentence"
+def startup_copy(data: Path, raw: Path, work_dir: Path) -> tuple[Path, Path]:
+    """The first 8 test sentences (raw, and binarized with the same dictionaries and
+    SentencePiece model) for measuring start-up and model loading."""
+    one = work_dir / "startup_set"
     binarized = one / "data-bin"
     if not (binarized / "test.de-en.de.idx").is_file():
         one.mkdir(parents=True, exist_ok=True)
         for lang in ("de", "en"):
-            first = (raw / f"test.{lang}").read_text(encoding="utf-8").splitlines()[0]
+            first = "\n".join((raw / f"test.{lang}").read_text(encoding="utf-8").splitlines()[:8])
             (one / f"test.{lang}").write_text(first + "\n", encoding="utf-8")
         subprocess.run(
             [
                 str(NMTKIT_PYTHON.parent / "nmtkit-preprocess"),
-                "source_lang=de", "target_lang=en", f"testpref={one}/test",
-                f"srcdict={data}/dict.de.txt", f"tgtdict={data}/dict.en.txt",
-                "bpe=sentencepiece", f"bpe_model={data}/spm.model", f"destdir={binarized}",
+                "source_lang=de",
+                "target_lang=en",
+                f"testpref={one}/test",
+                f"srcdict={data}/dict.de.txt",
+                f"tgtdict={data}/dict.en.txt",
+                "bpe=sentencepiece",
+                f"bpe_model={data}/spm.model",
+                f"destdir={binarized}",
                 "overwrite=true",
             ],  # fmt: skip
             check=True,
@@ -162,6 +176,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--nmtkit-precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--fairseq-fp16", action="store_true")
+    parser.add_argument("--fixed-length", type=int, default=0,
+                        help="force every hypothesis to N tokens (min_len = max_len_b = N) so "
+                        "both searches run the same number of steps")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
     opts = parser.parse_args()
     opts.nmtkit_checkpoint = opts.nmtkit_checkpoint or (
@@ -177,7 +194,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     opts = parse_args()
     opts.work_dir.mkdir(parents=True, exist_ok=True)
-    opts.one_source, opts.one_data = one_sentence_copy(opts.data, opts.raw, opts.work_dir)
+    opts.one_source, opts.one_data = startup_copy(opts.data, opts.raw, opts.work_dir)
     n_sentences = len((opts.raw / "test.de").read_text(encoding="utf-8").splitlines())
     rows = []
     toolkits = ["nmtkit", "fairseq"]

@@ -94,6 +94,16 @@ def run_measured(
     return RunResult(toolkit, seconds, rusage.ru_maxrss / 1024, cuda_peak, log_path)
 
 
+def torch_import_rss_mb(python: Path) -> float:
+    """Peak RSS of a process that only imports torch and runs one matmul. The two venvs can
+    hold different torch builds (a CUDA build maps far more library pages than a CPU one,
+    even on CPU), so peak RSS is also reported above this baseline."""
+    code = "import torch; x = torch.randn(256, 256); x @ x"
+    process = subprocess.Popen([str(python), "-c", code])
+    _, _, rusage = os.wait4(process.pid, 0)
+    return rusage.ru_maxrss / 1024
+
+
 def ensure_data(data: Path, raw: Path) -> None:
     """Preprocesses the raw de-en corpus with nmtkit-preprocess unless `data` exists."""
     if (data / "preprocess.json").is_file() or (data / "dict.en.txt").is_file():
@@ -208,9 +218,7 @@ def nmtkit_intervals(save_dir: Path) -> list[tuple[int, int, float, float, float
         if record.get("kind") != "train":
             continue
         update = int(record["update"])
-        intervals.append(
-            (update, update - previous, record["wpb"], record["wps"], record["loss"])
-        )
+        intervals.append((update, update - previous, record["wpb"], record["wps"], record["loss"]))
         previous = update
     return intervals
 
@@ -302,6 +310,11 @@ def print_report(results: list[RunResult], opts: argparse.Namespace) -> dict[str
             "wps": statistics.median(r.metrics["wps"] for r in runs),
             "memory_mb": statistics.median(memory_mb(r) for r in runs),
         }
+        if not opts.device.startswith("cuda"):
+            python = NMTKIT_PYTHON if toolkit == "nmtkit" else opts.fairseq_python
+            baseline = torch_import_rss_mb(python)
+            medians[toolkit]["torch_import_rss_mb"] = baseline
+            medians[toolkit]["rss_above_torch_import_mb"] = medians[toolkit]["memory_mb"] - baseline
     pairs = [
         results[i].metrics["wps"] / results[i + 1].metrics["wps"]
         if results[i].toolkit == "nmtkit"
@@ -319,6 +332,14 @@ def print_report(results: list[RunResult], opts: argparse.Namespace) -> dict[str
         f"median {memory_name}: nmtkit {medians['nmtkit']['memory_mb']:.0f}, fairseq "
         f"{medians['fairseq']['memory_mb']:.0f} -> nmtkit/fairseq {memory_ratio:.2f}x"
     )
+    if "torch_import_rss_mb" in medians["nmtkit"]:
+        above = {k: medians[k]["rss_above_torch_import_mb"] for k in medians}
+        print(
+            f"peak RSS above 'import torch' (nmtkit {medians['nmtkit']['torch_import_rss_mb']:.0f}"
+            f" MB, fairseq {medians['fairseq']['torch_import_rss_mb']:.0f} MB): nmtkit "
+            f"{above['nmtkit']:.0f}, fairseq {above['fairseq']:.0f} -> nmtkit/fairseq "
+            f"{above['nmtkit'] / above['fairseq']:.2f}x"
+        )
     summary["medians"] = medians
     summary["wps_ratio"] = wps_ratio
     summary["pair_wps_ratios"] = pairs

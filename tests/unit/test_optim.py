@@ -72,9 +72,9 @@ def test_adam_accepts_param_groups_and_state_round_trips():
     assert copy.optimizer.state[params[0]]["step"] == 1
 
 
-def test_adam_uses_torch_default_kernel_on_cpu():
-    optimizer = AdamOptimizer(AdamConfig(), make_params())
-    assert not optimizer.optimizer.defaults["fused"]
+def test_adam_fuses_on_cpu_by_default_and_can_be_told_not_to():
+    assert AdamOptimizer(AdamConfig(), make_params()).optimizer.defaults["fused"]
+    assert not AdamOptimizer(AdamConfig(fused=False), make_params()).optimizer.defaults["fused"]
 
 
 def test_adam_config_validation():
