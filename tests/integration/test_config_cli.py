@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_train_generate import run_cli
 
 from nmtkit.config import launcher
 from nmtkit_cli.train import cli_main as train_cli
@@ -16,13 +17,7 @@ BASE = ["task.data=unused", "optimization.max_update=5", "dataset.max_tokens=64"
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        train_cli(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(train_cli, argv, capsys)
 
 
 def test_overrides_select_preset_and_fields(capsys: pytest.CaptureFixture[str]) -> None:
