@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nmtkit.criterions.base import Criterion, register_criterion
+from nmtkit.criterions.fused_loss import smoothed_nll_from_logits
 from nmtkit.registry import ComponentConfig
 
 LoggingValue = Union[int, float, torch.Tensor]
@@ -30,10 +30,10 @@ class CrossEntropyConfig(ComponentConfig):
     """Also log token accuracy (percent of non-padding positions where argmax == target)."""
 
 
-def target_log_probs(
+def target_logits(
     model: nn.Module, sample: dict[str, Any], ignore_prefix_size: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs the model and returns float32 log-probabilities (B, T, V) and targets (B, T).
+    """Runs the model and returns logits (B, T, V) and targets (B, T).
 
     The first `ignore_prefix_size` target positions are cut from the logits before the
     softmax, so no work or memory is spent on positions that do not count.
@@ -43,18 +43,15 @@ def target_log_probs(
     if ignore_prefix_size > 0:
         logits = logits[:, ignore_prefix_size:, :]
         target = target[:, ignore_prefix_size:]
-    # dtype= makes the kernel read half/bfloat16 logits directly instead of copying them to
-    # float32 first; the softmax itself must be float32 to keep small probabilities.
-    lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-    return lprobs, target
+    return logits, target
 
 
 def count_correct(
-    lprobs: torch.Tensor, target: torch.Tensor, padding_idx: int
+    logits: torch.Tensor, target: torch.Tensor, padding_idx: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(number of non-padding positions whose argmax is the target, number of such positions)."""
     not_padding = target.ne(padding_idx)
-    n_correct = (lprobs.argmax(dim=-1).eq(target) & not_padding).sum()
+    n_correct = (logits.detach().argmax(dim=-1).eq(target) & not_padding).sum()
     return n_correct.detach(), not_padding.sum()
 
 
@@ -120,7 +117,7 @@ def cross_entropy_logging_output(
     loss: torch.Tensor,
     nll_loss: torch.Tensor,
     sample: dict[str, Any],
-    lprobs: torch.Tensor,
+    logits: torch.Tensor,
     target: torch.Tensor,
     padding_idx: int,
     report_accuracy: bool,
@@ -135,7 +132,7 @@ def cross_entropy_logging_output(
     }
     if report_accuracy:
         logging_output["n_correct"], logging_output["total"] = count_correct(
-            lprobs, target, padding_idx
+            logits, target, padding_idx
         )
     return logging_output
 
@@ -154,15 +151,10 @@ class CrossEntropy(Criterion):
     def forward(
         self, model: nn.Module, sample: dict[str, Any]
     ) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        lprobs, target = target_log_probs(model, sample)
-        loss = F.nll_loss(
-            lprobs.reshape(-1, lprobs.size(-1)),
-            target.reshape(-1),
-            ignore_index=self.padding_idx,
-            reduction="sum",
-        )
+        logits, target = target_logits(model, sample)
+        loss, _ = smoothed_nll_from_logits(logits, target, 0.0, self.padding_idx)
         logging_output = cross_entropy_logging_output(
-            loss, loss, sample, lprobs, target, self.padding_idx, self.cfg.report_accuracy
+            loss, loss, sample, logits, target, self.padding_idx, self.cfg.report_accuracy
         )
         return loss, sample["ntokens"], logging_output
 

@@ -12,8 +12,9 @@ from nmtkit.criterions.base import Criterion, register_criterion
 from nmtkit.criterions.cross_entropy import (
     cross_entropy_logging_output,
     reduce_cross_entropy_metrics,
-    target_log_probs,
+    target_logits,
 )
+from nmtkit.criterions.fused_loss import smoothed_nll_from_logits
 from nmtkit.registry import ComponentConfig
 
 
@@ -37,27 +38,6 @@ class LabelSmoothedCrossEntropyConfig(ComponentConfig):
         return errors
 
 
-def label_smoothed_nll_loss(
-    lprobs: torch.Tensor, target: torch.Tensor, epsilon: float, padding_idx: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(smoothed loss, nll loss), both summed over non-padding positions.
-
-    loss = (1 - eps - eps_i) * nll + eps_i * smooth, with eps_i = eps / (V - 1) and
-    smooth = -sum_v lprobs[v]: the reference gets 1 - eps and every other token eps / (V - 1).
-    Only (B, T) tensors are created here; `lprobs` is the one (B, T, V) tensor.
-    """
-    padding = target.eq(padding_idx)
-    nll_loss = -lprobs.gather(dim=-1, index=target.unsqueeze(-1)).squeeze(-1)
-    nll_loss = nll_loss.masked_fill(padding, 0.0).sum()
-    if epsilon == 0.0:
-        return nll_loss, nll_loss
-    smooth_loss = -lprobs.sum(dim=-1)
-    smooth_loss = smooth_loss.masked_fill(padding, 0.0).sum()
-    eps_i = epsilon / (lprobs.size(-1) - 1)
-    loss = (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss
-    return loss, nll_loss
-
-
 @register_criterion("label_smoothed_cross_entropy", LabelSmoothedCrossEntropyConfig)
 class LabelSmoothedCrossEntropy(Criterion):
     """Label-smoothed cross-entropy; `nll_loss` (unsmoothed) is logged beside the loss.
@@ -71,16 +51,16 @@ class LabelSmoothedCrossEntropy(Criterion):
     def forward(
         self, model: nn.Module, sample: dict[str, Any]
     ) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        lprobs, target = target_log_probs(model, sample, self.cfg.ignore_prefix_size)
-        loss, nll_loss = label_smoothed_nll_loss(
-            lprobs, target, self.cfg.label_smoothing, self.padding_idx
+        logits, target = target_logits(model, sample, self.cfg.ignore_prefix_size)
+        loss, nll_loss = smoothed_nll_from_logits(
+            logits, target, self.cfg.label_smoothing, self.padding_idx
         )
         # fairseq's convention: gradients are normalised by all target tokens even when a
         # prefix is ignored, so runs with and without ignore_prefix_size stay comparable.
         # fairseq's convention: gradients are normalised by all target tokens even when a
         # prefix is ignored, so runs with and without ignore_prefix_size stay comparable.
         logging_output = cross_entropy_logging_output(
-            loss, nll_loss, sample, lprobs, target, self.padding_idx, self.cfg.report_accuracy
+            loss, nll_loss, sample, logits, target, self.padding_idx, self.cfg.report_accuracy
         )
         return loss, sample["ntokens"], logging_output
 

@@ -211,3 +211,26 @@ def test_label_smoothing_config_validation():
     assert LabelSmoothedCrossEntropyConfig(label_smoothing=0.1).validate() == []
     errors = LabelSmoothedCrossEntropyConfig(label_smoothing=1.0, ignore_prefix_size=-1).validate()
     assert len(errors) == 2 and errors[0].startswith("label_smoothing=1.0")
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_gradient_equals_autograd(epsilon: float, dtype: torch.dtype) -> None:
+    from nmtkit.criterions.fused_loss import label_smoothed_nll_loss, smoothed_nll_from_logits
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11).to(dtype)
+    target = torch.randint(2, 11, (3, 5))
+    target[0, 3:] = 1  # padding
+    fused_input = logits.clone().requires_grad_(True)
+    reference_input = logits.clone().requires_grad_(True)
+    loss, nll = smoothed_nll_from_logits(fused_input, target, epsilon, padding_idx=1)
+    (0.7 * loss + 0.3 * nll).backward()
+    lprobs = torch.log_softmax(reference_input.float(), dim=-1)
+    ref_loss, ref_nll = label_smoothed_nll_loss(lprobs, target, epsilon, padding_idx=1)
+    (0.7 * ref_loss + 0.3 * ref_nll).backward()
+    assert torch.allclose(loss, ref_loss) and torch.allclose(nll, ref_nll)
+    assert fused_input.grad is not None and fused_input.grad.dtype == dtype
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(fused_input.grad.float(), reference_input.grad.float(), atol=tolerance)
+    assert fused_input.grad[0, 3:].abs().sum() == 0  # padding gets no gradient
