@@ -102,6 +102,15 @@ def maybe_no_sync(model: nn.Module, skip_sync: bool) -> Iterator[None]:
         yield
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Mixed-precision context for `precision` (fp32: a disabled autocast)."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def move_to_device(sample: Any, device: torch.device) -> Any:
     """Moves the tensors of a (nested) sample dict to `device`."""
     if isinstance(sample, torch.Tensor):

@@ -32,8 +32,6 @@ from nmtkit.optim import LR_SCHEDULERS, OPTIMIZERS
 from nmtkit.run_log import RunLogger, write_run_files
 from nmtkit.tasks import TASKS
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class TrainingError(NmtkitError):
     """Training cannot go on (diverged, loss scale collapsed); the message says why."""
@@ -112,7 +110,6 @@ def train(cfg: TrainConfig) -> Progress:
         logger.info(describe_run(cfg, model, device, context, progress, resume_state is not None))
     ddp_model = distributed.wrap_model(model, context, cfg.distributed)
     params = [p for p in model.parameters() if p.requires_grad]
-    autocast_dtype = AUTOCAST_DTYPES.get(precision)
     run_started = time.monotonic() - progress.train_seconds
     interval = IntervalStats()
     lr = optimizer.get_lr()
@@ -143,9 +140,7 @@ def train(cfg: TrainConfig) -> Progress:
                 sample = distributed.move_to_device(sample, device)
                 is_last = i == len(update_batches) - 1
                 with distributed.maybe_no_sync(ddp_model, skip_sync=not is_last):
-                    with torch.autocast(
-                        device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-                    ):
+                    with distributed.autocast(device, precision):
                         loss, sample_size, logging_output = task.train_step(
                             ddp_model, criterion, sample
                         )

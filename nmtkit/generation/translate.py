@@ -10,11 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nmtkit.distributed import move_to_device
+from nmtkit.distributed import autocast, move_to_device
 from nmtkit.generation.config import SearchConfig
 from nmtkit.generation.search import SequenceGenerator
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -61,7 +59,6 @@ def translate_batches(
     for model in models:
         model.eval()
     generator = build_generator(task, models, search)
-    autocast_dtype = AUTOCAST_DTYPES.get(precision)
     pad = task.tgt_dict.pad()
     for batch_number, sample in enumerate(batches):
         sample = move_to_device(sample, device)
@@ -72,7 +69,7 @@ def translate_batches(
             prefix = target[:, : search.prefix_size]
         with (
             torch.inference_mode(),
-            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None),
+            autocast(device, precision),
         ):
             outputs = generator.generate(
                 net_input["src_tokens"],

@@ -29,8 +29,6 @@ from nmtkit.registry import ComponentConfig
 from nmtkit.scoring import score_corpus
 from nmtkit.tasks.base import Task, register_task
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass(kw_only=True)
 class TranslationConfig(ComponentConfig):
@@ -228,16 +226,13 @@ class TranslationTask(Task):
             split, cfg.dataset, model_cfg=cfg.model, epoch=1, seed=cfg.common.seed,
             num_shards=context.world_size, shard_id=context.rank, training=False,
         )  # fmt: skip
-        autocast_dtype = AUTOCAST_DTYPES.get(cfg.common.precision)
         device = context.device
         sums: dict[str, float] = {}
         # Dummy batches only keep DDP ranks in step; counting them would count sentences twice.
         batches = [b for b in iterator.next_epoch_itr() if not b.get("is_dummy")]
         for sample in batches:
             sample = distributed.move_to_device(sample, device)
-            with torch.autocast(
-                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-            ):
+            with distributed.autocast(device, cfg.common.precision):
                 _, _, logging_output = self.valid_step(model, criterion, sample)
             for key, value in logging_output.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
