@@ -17,7 +17,7 @@ from nmtkit.config.launcher import run_cli
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.iterators import EpochBatchIterator
 from nmtkit.distributed import choose_device
-from nmtkit.errors import ConfigError, DataError
+from nmtkit.errors import DataError
 from nmtkit.generation.config import SearchConfig
 from nmtkit.generation.translate import TranslationResult, translate_batches
 from nmtkit.inference import load_for_inference
@@ -253,5 +253,3 @@ def cli_main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     cli_main()
 
-
-__all__ = ["ConfigError", "GenerateConfig", "main"]
