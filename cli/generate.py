@@ -16,6 +16,7 @@ import torch
 from nmtkit.config.launcher import run_cli
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.iterators import EpochBatchIterator
+from nmtkit.data.utf8 import decode_utf8_line
 from nmtkit.distributed import choose_device
 from nmtkit.errors import DataError
 from nmtkit.generation.config import SearchConfig
@@ -206,7 +207,7 @@ def read_line_chunks(path: str | None, buffer_size: int) -> Iterator[list[str]]:
         with open(path, "rb") as file:
             chunk: list[str] = []
             for line_number, raw in enumerate(file, start=1):
-                chunk.append(decode_line(raw, path, line_number))
+                chunk.append(decode_utf8_line(raw, path, line_number).rstrip("\r\n"))
                 if len(chunk) >= buffer_size:
                     yield chunk
                     chunk = []
@@ -227,20 +228,13 @@ def read_stdin_chunks(buffer_size: int) -> Iterator[list[str]]:
             complete, pending = [*complete, pending], b""
         for raw in complete:
             line_number += 1
-            chunk.append(decode_line(raw, "<stdin>", line_number))
+            chunk.append(decode_utf8_line(raw, "<stdin>", line_number).rstrip("\r\n"))
         waiting = data and select.select([descriptor], [], [], 0)[0]
         while chunk and (len(chunk) >= buffer_size or not waiting):
             yield chunk[:buffer_size]
             chunk = chunk[buffer_size:]
         if not data:
             return
-
-
-def decode_line(raw: bytes, name: str, line_number: int) -> str:
-    try:
-        return raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{name}:{line_number}: invalid UTF-8 ({error.reason})") from None
 
 
 def cli_main(argv: Sequence[str] | None = None) -> None:
@@ -252,4 +246,3 @@ def cli_main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     cli_main()
-

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.indexed_dataset import IndexedDatasetBuilder, best_token_dtype
 from nmtkit.data.text_encoder import TextEncoder, encode_piece_ids, load_sentencepiece
+from nmtkit.data.utf8 import invalid_utf8_message
 from nmtkit.errors import DataError
 
 CHUNK_LINES = 20_000
@@ -92,11 +93,7 @@ def _describe_utf8_error(path: Path) -> str:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as error:
-                bad_byte = line[error.start]
-                return (
-                    f"{path}:{line_number}: invalid UTF-8 (byte 0x{bad_byte:02x} at byte "
-                    f"{error.start + 1} of the line); convert the file to UTF-8"
-                )
+                return invalid_utf8_message(str(path), line_number, line, error)
     return f"{path}: invalid UTF-8 at the end of the file (truncated multi-byte character)"
 
 

@@ -309,3 +309,15 @@ def test_generate_refuses_data_with_other_dictionaries(
     assert code == 1 and "dict.src.txt differs from the checkpoint's dictionary" in err
     code, _, err = run_cli(generate_cli, [checkpoint, "input=-", "prefix_size=1"], capsys)
     assert code == 1 and "prefix_size=1: forced prefixes come from the references" in err
+
+
+def test_generate_names_the_line_with_invalid_utf8(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "latin1.txt"
+    source.write_bytes(b"alpha bravo\ngr\xf6\xdfe\n")
+    code, _, err = run_cli(
+        generate_cli, [f"checkpoint={trained / 'checkpoint_last.pt'}", f"input={source}"], capsys
+    )
+    assert code == 1
+    assert f"{source}:2: invalid UTF-8 (byte 0xf6 at byte 3 of the line)" in err
