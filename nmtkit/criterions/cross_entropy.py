@@ -7,6 +7,8 @@ per-token base-2 figures (fairseq's display convention).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from torch import nn
 
 from nmtkit.criterions.base import Criterion, register_criterion
 from nmtkit.criterions.fused_loss import smoothed_nll_from_logits
+from nmtkit.distributed import unwrap_model
 from nmtkit.registry import ComponentConfig
 
 LoggingValue = Union[int, float, torch.Tensor]
@@ -31,19 +34,38 @@ class CrossEntropyConfig(ComponentConfig):
 
 
 def target_logits(
-    model: nn.Module, sample: dict[str, Any], ignore_prefix_size: int = 0
+    model: nn.Module, sample: dict[str, Any], padding_idx: int, ignore_prefix_size: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs the model and returns logits (B, T, V) and targets (B, T).
+    """Runs the model and returns logits (N, V) and targets (N,) of the positions that count.
 
-    The first `ignore_prefix_size` target positions are cut from the logits before the
-    softmax, so no work or memory is spent on positions that do not count.
+    Padding, and the first `ignore_prefix_size` target positions, are left out before the
+    output projection when the model accepts `output_positions` (see nmtkit.models), so no
+    projection, softmax or memory is spent on them. The non-padding positions come with the
+    sample (the collater finds them on the CPU, which spares a GPU synchronisation) or are
+    found here. A model without `output_positions` gives full logits, selected afterwards.
     """
-    logits = model(**sample["net_input"])
     target = sample["target"]
-    if ignore_prefix_size > 0:
-        logits = logits[:, ignore_prefix_size:, :]
-        target = target[:, ignore_prefix_size:]
-    return logits, target
+    positions = sample.get("target_positions")
+    if positions is None or ignore_prefix_size > 0:
+        counted = target.ne(padding_idx)
+        counted[:, :ignore_prefix_size] = False
+        positions = counted.view(-1).nonzero().squeeze(1)
+    if accepts_output_positions(model):
+        logits = model(**sample["net_input"], output_positions=positions)
+    else:
+        logits = model(**sample["net_input"])
+        logits = logits.reshape(-1, logits.size(-1)).index_select(0, positions)
+    return logits, target.reshape(-1).index_select(0, positions)
+
+
+@functools.cache
+def _forward_takes_output_positions(model_class: type) -> bool:
+    return "output_positions" in inspect.signature(model_class.forward).parameters
+
+
+def accepts_output_positions(model: nn.Module) -> bool:
+    """Whether the model (inside any DDP wrapper) computes logits for chosen positions only."""
+    return _forward_takes_output_positions(type(unwrap_model(model)))
 
 
 def count_correct(
@@ -151,7 +173,7 @@ class CrossEntropy(Criterion):
     def forward(
         self, model: nn.Module, sample: dict[str, Any]
     ) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        logits, target = target_logits(model, sample)
+        logits, target = target_logits(model, sample, self.padding_idx)
         loss, _ = smoothed_nll_from_logits(logits, target, 0.0, self.padding_idx)
         logging_output = cross_entropy_logging_output(
             loss, loss, sample, logits, target, self.padding_idx, self.cfg.report_accuracy

@@ -51,12 +51,10 @@ class LabelSmoothedCrossEntropy(Criterion):
     def forward(
         self, model: nn.Module, sample: dict[str, Any]
     ) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        logits, target = target_logits(model, sample, self.cfg.ignore_prefix_size)
+        logits, target = target_logits(model, sample, self.padding_idx, self.cfg.ignore_prefix_size)
         loss, nll_loss = smoothed_nll_from_logits(
             logits, target, self.cfg.label_smoothing, self.padding_idx
         )
-        # fairseq's convention: gradients are normalised by all target tokens even when a
-        # prefix is ignored, so runs with and without ignore_prefix_size stay comparable.
         # fairseq's convention: gradients are normalised by all target tokens even when a
         # prefix is ignored, so runs with and without ignore_prefix_size stay comparable.
         logging_output = cross_entropy_logging_output(

@@ -4,10 +4,13 @@ A collated sample (fairseq's format, read by every task, criterion and generator
     {"id": LongTensor(B), "nsentences": B, "ntokens": non-pad target tokens,
      "net_input": {"src_tokens": LongTensor(B, S), "src_lengths": LongTensor(B),
                    "prev_output_tokens": LongTensor(B, T)},
-     "target": LongTensor(B, T)}
+     "target": LongTensor(B, T), "target_positions": LongTensor(ntokens)}
 Sequences end with </s>; prev_output_tokens is [</s>] + target[:-1]. Sources are left-padded
-and targets right-padded by default. Without targets (inference) "target" is None, there is
-no prev_output_tokens and "ntokens" counts source tokens.
+and targets right-padded by default. "target_positions" holds the flat indices (into B * T) of
+the non-pad target positions, computed here on the CPU so the criterion can leave padding out
+of the output projection without a device synchronisation. Without targets (inference)
+"target" is None, there is no prev_output_tokens nor target_positions, and "ntokens" counts
+source tokens.
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ class LanguagePairDataset:
         filled = _filled_positions(lengths, self.left_pad_target)
         shifted = _move_last_token_first(flat, lengths, self.eos_index)
         sample["target"] = _scatter_rows(flat, filled, self.pad_index)
+        sample["target_positions"] = torch.from_numpy(np.flatnonzero(filled))
         sample["ntokens"] = int(lengths.sum())
         sample["net_input"]["prev_output_tokens"] = _scatter_rows(shifted, filled, self.pad_index)
         return sample

@@ -1,7 +1,11 @@
 """Model registry. Model files import torch and their config only; they are registered here.
 
 Every model implements the encoder-decoder API used by the criterions and by generation:
-    forward(src_tokens, src_lengths, prev_output_tokens) -> logits (batch, tgt_len, vocab)
+    forward(src_tokens, src_lengths, prev_output_tokens, output_positions=None)
+        -> logits (batch, tgt_len, vocab); with output_positions (flat indices into
+        batch * tgt_len), logits (len(output_positions), vocab) for those positions only.
+        The criterions pass the non-padding positions, so no output projection is spent on
+        padding; a model whose forward lacks the argument still works (full logits).
     encode(src_tokens, src_lengths) -> encoder output (dict of tensors)
     decode(prev_output_tokens, encoder_out, incremental_state=None) -> logits
     reorder_encoder_out(encoder_out, new_order), reorder_incremental_state(state, new_order)

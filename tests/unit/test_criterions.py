@@ -234,3 +234,56 @@ def test_fused_loss_gradient_equals_autograd(epsilon: float, dtype: torch.dtype)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2
     assert torch.allclose(fused_input.grad.float(), reference_input.grad.float(), atol=tolerance)
     assert fused_input.grad[0, 3:].abs().sum() == 0  # padding gets no gradient
+
+
+class FullLogitsTransformer(nn.Module):
+    """A transformer behind the older model API: forward without `output_positions`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens):
+        return self.model(src_tokens, src_lengths, prev_output_tokens)
+
+
+@pytest.mark.parametrize("ignore_prefix_size", [0, 1])
+@pytest.mark.parametrize("with_collated_positions", [True, False])
+def test_skipping_padding_in_the_projection_changes_nothing(
+    ignore_prefix_size: int, with_collated_positions: bool
+) -> None:
+    from nmtkit.criterions.cross_entropy import accepts_output_positions
+    from nmtkit.models.transformer import TransformerModel, transformer_tiny
+
+    torch.manual_seed(0)
+    config = transformer_tiny()
+    config.dropout = 0.0
+    model = TransformerModel(config, 20, 20, padding_idx=PAD)
+    target = torch.tensor([[4, 5, 6, 2], [7, 2, PAD, PAD], [8, 9, 2, PAD]])
+    sample = make_sample(target)
+    sample["net_input"]["src_tokens"] = torch.tensor([[4, 5, 2], [PAD, 6, 2], [7, 8, 2]])
+    if with_collated_positions:
+        sample["target_positions"] = target.ne(PAD).view(-1).nonzero().squeeze(1)
+    criterion = LabelSmoothedCrossEntropy(
+        LabelSmoothedCrossEntropyConfig(
+            label_smoothing=0.1, ignore_prefix_size=ignore_prefix_size, report_accuracy=True
+        ),
+        PAD,
+    )
+    wrapped = FullLogitsTransformer(model)
+    assert accepts_output_positions(model) and not accepts_output_positions(wrapped)
+
+    results = []
+    for runner in (model, wrapped):
+        model.zero_grad()
+        loss, sample_size, logging_output = criterion(runner, sample)
+        loss.backward()
+        gradients = [p.grad.clone() for p in model.parameters()]
+        results.append((loss.detach(), logging_output, gradients))
+    (loss_a, log_a, grads_a), (loss_b, log_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    torch.testing.assert_close(log_a["nll_loss"], log_b["nll_loss"])
+    assert int(log_a["n_correct"]) == int(log_b["n_correct"])
+    assert int(log_a["total"]) == int(target.ne(PAD).sum()) - (3 if ignore_prefix_size else 0)
+    for grad_a, grad_b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(grad_a, grad_b)

@@ -127,6 +127,9 @@ def test_collater_matches_a_row_by_row_reference(tmp_path: Path) -> None:
     shifted = [[EOS] + targets[i][:-1] for i in chosen]
     assert sample["net_input"]["prev_output_tokens"].tolist() == naive_pad(shifted, left=False)
     assert sample["ntokens"] == sum(len(targets[i]) for i in chosen)
+    # The criterion computes logits only here: exactly the non-pad target positions.
+    expected = sample["target"].ne(PAD).view(-1).nonzero().squeeze(1)
+    assert sample["target_positions"].tolist() == expected.tolist()
 
 
 def test_filter_by_size_keeps_order_and_counts(pair_dataset: LanguagePairDataset) -> None:

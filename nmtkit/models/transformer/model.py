@@ -158,6 +158,7 @@ class TransformerDecoder(EmbeddedLayerStack):
         prev_output_tokens: torch.Tensor,
         encoder_out: EncoderOut,
         incremental_state: Optional[IncrementalState] = None,
+        output_positions: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         tokens = prev_output_tokens
         positions = None
@@ -186,6 +187,9 @@ class TransformerDecoder(EmbeddedLayerStack):
             )
         if incremental_state is not None:
             x = x[:, -1:]
+        if output_positions is not None:
+            # The vocabulary projection is the costliest layer: skip the positions not asked for.
+            x = x.reshape(-1, x.size(-1)).index_select(0, output_positions)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         return self.output_projection(x)
@@ -232,9 +236,16 @@ class TransformerModel(nn.Module):
         src_tokens: torch.Tensor,
         src_lengths: torch.Tensor,
         prev_output_tokens: torch.Tensor,
+        output_positions: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Teacher-forced logits (batch, tgt_len, tgt_vocab) in the compute dtype."""
-        return self.decode(prev_output_tokens, self.encode(src_tokens, src_lengths))
+        """Teacher-forced logits (batch, tgt_len, tgt_vocab) in the compute dtype.
+
+        output_positions: flat indices into batch * tgt_len; only their logits are computed,
+            returned as (len(output_positions), tgt_vocab). Training passes the non-padding
+            target positions.
+        """
+        encoder_out = self.encode(src_tokens, src_lengths)
+        return self.decoder(prev_output_tokens, encoder_out, output_positions=output_positions)
 
     def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOut:
         """{"encoder_out": (batch, src_len, dim), "encoder_padding_mask": (batch, src_len)}.
