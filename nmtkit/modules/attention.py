@@ -56,6 +56,33 @@ def build_attention_mask(
     return allowed | ~allowed.any(dim=-1, keepdim=True)
 
 
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """`scaled_dot_product_attention`, in float32 when training in bfloat16 on the CPU.
+
+    PyTorch's CPU flash-attention backward is about 7x slower in bfloat16 than in float32
+    (torch 2.14, transformer_small: 5.1 s against 0.7 s of a 21 s profile), which made bf16
+    training slower than fp32; the upcast costs two small copies. Autocast is paused so it
+    cannot cast the inputs back down.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
+        with torch.autocast("cpu", enabled=False):
+            output = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=attn_mask, dropout_p=dropout_p,
+                is_causal=is_causal,
+            )  # fmt: skip
+        return output.to(q.dtype)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal
+    )
+
+
 class MultiheadAttention(nn.Module):
     """Scaled dot-product attention with `num_heads` heads over `embed_dim` features.
 
@@ -139,7 +166,7 @@ class MultiheadAttention(nn.Module):
             q, k, v, mask = self._encoder_decoder_qkv(
                 query, key_value, key_padding_mask, incremental_state
             )
-            output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            output = attend(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         else:
             q, k, v = self._split_heads(self.qkv_proj(query), 3)
             if incremental_state is not None:
@@ -147,18 +174,14 @@ class MultiheadAttention(nn.Module):
             query_length, key_length = q.size(2), k.size(2)
             if key_padding_mask is None and causal and query_length == key_length:
                 # No explicit mask lets SDPA pick the flash kernel.
-                output = F.scaled_dot_product_attention(
-                    q, k, v, dropout_p=dropout_p, is_causal=True
-                )
+                output = attend(q, k, v, dropout_p=dropout_p, is_causal=True)
             else:
                 # A single new query after cached keys sees all of them: no causal mask needed.
                 causal = causal and query_length > 1
                 mask = build_attention_mask(
                     key_padding_mask, query_length, key_length, causal, query.device
                 )
-                output = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=dropout_p
-                )
+                output = attend(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         batch = output.size(0)
         output = output.transpose(1, 2).reshape(batch, query.size(1), self.embed_dim)
         return self.out_proj(output)

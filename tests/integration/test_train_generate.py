@@ -321,3 +321,33 @@ def test_generate_names_the_line_with_invalid_utf8(
     )
     assert code == 1
     assert f"{source}:2: invalid UTF-8 (byte 0xf6 at byte 3 of the line)" in err
+
+
+def test_bf16_generation_casts_the_weights_once(
+    trained: Path, raw_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nmtkit.inference import load_for_inference
+
+    checkpoint = trained / "checkpoint_last.pt"
+    _, models, _ = load_for_inference([str(checkpoint)], torch.device("cpu"), torch.bfloat16)
+    assert {parameter.dtype for parameter in models[0].parameters()} == {torch.bfloat16}
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        code, out, err = run_cli(
+            generate_cli,
+            [f"checkpoint={checkpoint}", f"input={raw_dir / 'valid.src'}", "format=jsonl",
+             f"precision={precision}"],
+            capsys,
+        )  # fmt: skip
+        assert code == 0, err
+        outputs[precision] = [json.loads(line) for line in out.splitlines()]
+    fp32, bf16 = outputs["fp32"], outputs["bf16"]
+    assert len(bf16) == len(fp32) == len((raw_dir / "valid.src").read_text().splitlines())
+    # Scores are computed in float32 from bf16 logits: close to fp32, not equal.
+    agreeing = sum(
+        a["hypotheses"][0]["text"] == b["hypotheses"][0]["text"] for a, b in zip(fp32, bf16)
+    )
+    assert agreeing >= 0.5 * len(fp32)  # a barely trained model: close calls flip
+    for a, b in zip(fp32, bf16):
+        if a["hypotheses"][0]["text"] == b["hypotheses"][0]["text"]:
+            assert abs(a["hypotheses"][0]["score"] - b["hypotheses"][0]["score"]) < 0.1

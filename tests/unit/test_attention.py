@@ -129,3 +129,29 @@ def test_encoder_decoder_keys_are_computed_once_and_reordered() -> None:
 def test_heads_must_divide_width() -> None:
     with pytest.raises(ValueError, match="divisible"):
         MultiheadAttention(10, 3)
+
+
+def test_bf16_training_attention_runs_in_float32_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nmtkit.modules import attention
+
+    seen_dtypes = []
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):  # noqa: ANN001, ANN202
+        seen_dtypes.append(q.dtype)
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording_sdpa)
+    module = MultiheadAttention(EMBED_DIM, HEADS)
+    query = torch.randn(2, 5, EMBED_DIM)
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = module(query, key_padding_mask=padding, causal=True)
+        with torch.no_grad():
+            module(query, key_padding_mask=padding, causal=True)
+    # With gradients: float32 inside, bf16 outside; inference keeps bf16 (its kernel is fast).
+    assert seen_dtypes == [torch.float32, torch.bfloat16]
+    assert output.dtype == torch.bfloat16
+    output.float().sum().backward()
+    expected = reference_attention(module, query, query, padding, causal=True)
+    torch.testing.assert_close(output.float(), expected, atol=0.05, rtol=0.05)
