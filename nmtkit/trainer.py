@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class Progress:
     validations_without_improvement: int = 0
     train_seconds: float = 0.0
     skipped_updates: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +175,6 @@ def train(cfg: TrainConfig) -> Progress:
                 stats = interval.summary(
                     criterion, progress, lr, scaler if precision == "fp16" else None
                 )
-                progress.history.append({"update": progress.num_updates, "loss": stats["loss"]})
                 logger.record("train", stats, progress.num_updates)
                 logger.advance(0, stats)
                 interval = IntervalStats()
@@ -268,11 +266,15 @@ def restore_training_state(
         scaler.load_state_dict(training_state["scaler"])
     if not cfg.checkpoint.reset_lr_scheduler:
         lr_scheduler.load_state_dict(training_state["lr_scheduler"])
-    progress = Progress(**training_state["progress"])
+    saved_progress = dict(training_state["progress"])
+    # format_version 1 checkpoints also carry a loss history that nothing reads (the losses
+    # are in train_log.jsonl).
+    saved_progress.pop("history", None)
+    progress = Progress(**saved_progress)
     if cfg.checkpoint.reset_dataloader:
         progress.epoch += 1
     if cfg.checkpoint.reset_meters:
-        progress.train_seconds, progress.history = 0.0, []
+        progress.train_seconds = 0.0
     return progress
 
 
