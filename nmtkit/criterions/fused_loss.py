@@ -59,17 +59,19 @@ class _SmoothedNllFromLogits(torch.autograd.Function):
         vocab = lprobs.size(-1)
         eps_i = ctx.epsilon / (vocab - 1) if ctx.epsilon else 0.0
         reference_weight = 1.0 - ctx.epsilon - eps_i
-        # nll_loss is normally only logged, but its gradient is honoured if it is used.
-        probability_coefficient = grad_loss * (reference_weight + eps_i * vocab) + grad_nll
-        target_coefficient = grad_loss * reference_weight + grad_nll
+        # Per-position coefficients, zero at padding, so padding needs no extra pass over the
+        # (tokens, vocabulary) gradient. nll_loss is normally only logged, but its gradient is
+        # honoured if it is used.
+        counted = target.ne(ctx.padding_idx).unsqueeze(-1).to(lprobs.dtype)
+        probability_coefficient = counted * (
+            grad_loss * (reference_weight + eps_i * vocab) + grad_nll
+        )
+        target_coefficient = counted * (grad_loss * reference_weight + grad_nll)
         # lprobs is consumed in place: this Function is differentiated once per forward.
         grad = lprobs.exp_().mul_(probability_coefficient)
         if eps_i:
-            grad.sub_(grad_loss * eps_i)
-        grad.scatter_add_(
-            -1, target.unsqueeze(-1), (-target_coefficient).expand(target.shape).unsqueeze(-1)
-        )
-        grad.masked_fill_(target.eq(ctx.padding_idx).unsqueeze(-1), 0.0)
+            grad.sub_(counted * (grad_loss * eps_i))
+        grad.scatter_add_(-1, target.unsqueeze(-1), -target_coefficient)
         return grad.to(ctx.logits_dtype), None, None, None
 
 
