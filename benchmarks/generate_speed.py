@@ -10,7 +10,8 @@ give --nmtkit-checkpoint/--fairseq-checkpoint). Runs alternate between the toolk
 
 Generation time excludes start-up and model loading: every measured command is also run on
 the first 8 sentences of the test set (same model, same settings; fairseq-generate fails on a
-single sentence) and that time is subtracted.
+single sentence) and that time is subtracted; one discarded start-up run per toolkit warms
+the file cache first.
 fairseq's own "Translated ... in Xs" figure (search only, no I/O) is shown beside it.
 --fixed-length N forces every hypothesis to N tokens in both toolkits, which removes the
 effect of the two models translating to different lengths. Hypothesis lengths are counted the same way for both: SentencePiece pieces of the
@@ -198,6 +199,10 @@ def main() -> None:
     n_sentences = len((opts.raw / "test.de").read_text(encoding="utf-8").splitlines())
     rows = []
     toolkits = ["nmtkit", "fairseq"]
+    # One discarded start-up run each: the first launch after a while reads torch and the
+    # toolkit from disk and takes seconds longer, which would make the subtraction negative-biased.
+    for toolkit in toolkits:
+        run(toolkit, opts, full=False, tag="warm_up")
     for repeat in range(opts.repeats):
         for toolkit in toolkits if repeat % 2 == 0 else toolkits[::-1]:
             startup = run(toolkit, opts, full=False, tag=f"one_{repeat}")

@@ -155,3 +155,29 @@ def test_bf16_training_attention_runs_in_float32_on_cpu(monkeypatch: pytest.Monk
     output.float().sum().backward()
     expected = reference_attention(module, query, query, padding, causal=True)
     torch.testing.assert_close(output.float(), expected, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_single_query_decoding_bypasses_sdpa_and_matches_it(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    from nmtkit.modules import attention
+
+    q = torch.randn(3, HEADS, 1, 4, dtype=dtype)
+    k = torch.randn(3, HEADS, 12, 4, dtype=dtype)
+    v = torch.randn(3, HEADS, 12, 4, dtype=dtype)
+    padding = torch.zeros(3, 12, dtype=torch.bool)
+    padding[1, 7:] = True
+    padding[2, :] = True  # an all-pad row is opened by build_attention_mask, not NaN
+    mask = build_attention_mask(padding, 1, 12, False, q.device)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=mask
+    )
+    calls = []
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1))
+    with torch.inference_mode():
+        output = attention.attend(q, k, v, attn_mask=mask)
+    assert calls == []
+    assert output.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(output.float(), expected, atol=tolerance, rtol=tolerance)
