@@ -174,7 +174,9 @@ def test_cpu_single_query_decoding_bypasses_sdpa_and_matches_it(
         q.float(), k.float(), v.float(), attn_mask=mask
     )
     calls = []
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1))
+    monkeypatch.setattr(
+        attention.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1)
+    )
     with torch.inference_mode():
         output = attention.attend(q, k, v, attn_mask=mask)
     assert calls == []
