@@ -15,6 +15,11 @@ class EnsembleDecoder:
     Each model keeps its own encoder output and incremental state (key/value cache). The rows of
     all of them always describe the same hypotheses: `reorder` selects, repeats and drops rows
     of every model's state together.
+
+    The decoder rows come in blocks of `rows_per_source` consecutive rows reading one source
+    sentence (the beams of a sentence). A model whose class sets `decodes_grouped_rows = True`
+    keeps one encoder output per source, which its encoder-decoder attention shares across the
+    block; any other model gets the encoder output repeated for every row.
     """
 
     def __init__(self, models: list[nn.Module], temperature: float = 1.0) -> None:
@@ -30,15 +35,33 @@ class EnsembleDecoder:
         return min(int(model.max_decoder_positions()) for model in self.models)
 
     def start(
-        self, src_tokens: torch.Tensor, src_lengths: torch.Tensor, row_sources: torch.Tensor
+        self,
+        src_tokens: torch.Tensor,
+        src_lengths: torch.Tensor,
+        rows_per_source: int,
+        blocks_stay_together: bool,
     ) -> None:
-        """Encodes the batch once per model; row i of the decoder state reads source row_sources[i]."""
+        """Encodes the batch once per model; rows g*i .. g*i+g-1 read source i (g = rows_per_source).
+
+        blocks_stay_together: later reorderings keep each block of g rows inside one old block
+        (beam search). Otherwise (sampling, where rows leave one at a time) every row gets its own
+        copy of the encoder output and later reorderings are row by row.
+        """
+        self.rows_per_source = rows_per_source if blocks_stay_together else 1
         self.encoder_outs = []
         self.incremental_states = []
         for model in self.models:
             encoder_out = model.encode(src_tokens, src_lengths)
-            self.encoder_outs.append(model.reorder_encoder_out(encoder_out, row_sources))
+            if rows_per_source > 1 and not self._grouped(model):
+                row_sources = torch.arange(src_tokens.size(0), device=src_tokens.device)
+                encoder_out = model.reorder_encoder_out(
+                    encoder_out, row_sources.repeat_interleave(rows_per_source)
+                )
+            self.encoder_outs.append(encoder_out)
             self.incremental_states.append({})
+
+    def _grouped(self, model: nn.Module) -> bool:
+        return self.rows_per_source > 1 and getattr(model, "decodes_grouped_rows", False)
 
     def log_probs(self, prev_output_tokens: torch.Tensor) -> torch.Tensor:
         """(rows, vocab) float32 log-probabilities of the token after `prev_output_tokens` (rows, t)."""
@@ -56,15 +79,22 @@ class EnsembleDecoder:
         # log of the mean probability, computed without leaving log space.
         return torch.logsumexp(torch.stack(per_model), dim=0) - math.log(len(per_model))
 
-    def reorder(self, new_order: torch.Tensor, encoder_order: Optional[torch.Tensor]) -> None:
-        """Row i of every cache becomes old row new_order[i]; encoder outputs follow encoder_order.
+    def reorder(self, new_order: torch.Tensor, kept_sources: Optional[torch.Tensor]) -> None:
+        """Row i of every cache becomes old row new_order[i]; `kept_sources` (the sources still
+        decoded, as indices into the previous ones) is given when sources were dropped.
 
-        Encoder outputs are identical across a sentence's beams, so they only need reordering when
-        rows are dropped (encoder_order given), not on every beam reshuffle.
+        Each block of rows_per_source new rows must come from one old block. Encoder outputs are
+        identical across a block, so they only need reordering when sources are dropped, not on
+        every beam reshuffle.
         """
+        row_sources = None
+        if kept_sources is not None and self.rows_per_source > 1:
+            offsets = torch.arange(self.rows_per_source, device=kept_sources.device)
+            row_sources = (kept_sources.unsqueeze(1) * self.rows_per_source + offsets).view(-1)
         for index, model in enumerate(self.models):
             model.reorder_incremental_state(self.incremental_states[index], new_order)
-            if encoder_order is not None:
+            if kept_sources is not None:
                 self.encoder_outs[index] = model.reorder_encoder_out(
-                    self.encoder_outs[index], encoder_order
+                    self.encoder_outs[index],
+                    kept_sources if row_sources is None or self._grouped(model) else row_sources,
                 )

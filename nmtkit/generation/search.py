@@ -144,7 +144,9 @@ class SequenceGenerator:
         device = src_tokens.device
         batch_size = src_tokens.size(0)
         sentence = torch.arange(batch_size, device=device).repeat_interleave(cfg.beam)
-        self.decoder.start(src_tokens, src_lengths, sentence)
+        # Beam search keeps a sentence's beams together; samples leave one by one, so each
+        # sampled row gets its own copy of the encoder output.
+        self.decoder.start(src_tokens, src_lengths, cfg.beam, blocks_stay_together=not cfg.sampling)
         # Per sentence (fairseq uses the padded batch width), so a translation does not depend on
         # the other sentences of its batch; in float64 on the CPU, so it rounds as fairseq's does.
         max_len = torch.floor(cfg.max_len_a * src_lengths.cpu().double() + cfg.max_len_b)
@@ -203,7 +205,6 @@ class SequenceGenerator:
         rows.scores[:, 1:] = -math.inf
         rows.scores = rows.scores.view(-1)
         finalized_count = torch.zeros(rows.tokens.size(0) // beam, dtype=torch.long, device=device)
-        beam_offsets = torch.arange(beam, device=device)
         last_step = int(rows.max_len.max())
         smallest_max_len = int(rows.max_len.min())
         for step in range(last_step + 1):
@@ -264,11 +265,11 @@ class SequenceGenerator:
                 next_scores[kept].view(-1),
             )
             finalized_count = finalized_count[kept]
-            encoder_order = None
+            kept_sources = None
             if kept.numel() < sentences:
-                encoder_order = (kept.unsqueeze(1) * beam + beam_offsets).view(-1)
+                kept_sources = kept
                 smallest_max_len = int(rows.max_len.min())
-            self.decoder.reorder(order, encoder_order)
+            self.decoder.reorder(order, kept_sources)
 
     def _sample(
         self,

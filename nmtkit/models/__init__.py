@@ -10,6 +10,10 @@ Every model implements the encoder-decoder API used by the criterions and by gen
     decode(prev_output_tokens, encoder_out, incremental_state=None) -> logits
     reorder_encoder_out(encoder_out, new_order), reorder_incremental_state(state, new_order)
     max_decoder_positions() -> int
+Optional: a class attribute `decodes_grouped_rows = True` declares that decode() accepts
+g * batch rows for an encoder output of batch sources (rows g*i .. g*i+g-1 read source i) and
+that reorder_incremental_state handles such rows; beam search then keeps one encoder output per
+sentence instead of one per beam. Without it, generation repeats the encoder output per row.
 """
 
 from __future__ import annotations

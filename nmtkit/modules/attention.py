@@ -15,19 +15,27 @@ its entry under its `cache_name` (unique within a model, e.g. "decoder.layers.0.
                            output and reused afterwards.
 `reorder_cache` applies a beam-search reordering (index_select on the batch dimension) to all of
 them, so a cache stays consistent whatever permutation or selection is applied.
+
+Grouped rows: encoder-decoder attention accepts queries for `rows = g * batch` rows against an
+encoder output of `batch` sources, rows g*i .. g*i+g-1 all reading source i (the beams of one
+sentence). The g queries of a source then attend together, in one matrix product against keys
+and values stored once, instead of g copies of them; the cache entry records
+"rows_per_source": g. A reordering must then keep each block of g rows inside one old block
+(beam search does: it reshuffles beams within a sentence and drops whole sentences).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IncrementalState = dict[str, dict[str, torch.Tensor]]
-"""Per-model decoding cache: attention module's cache_name -> its tensors."""
+IncrementalState = dict[str, dict[str, Any]]
+"""Per-model decoding cache: attention module's cache_name -> its tensors (and, for grouped
+encoder-decoder attention, the int "rows_per_source")."""
 
 
 def build_attention_mask(
@@ -66,10 +74,11 @@ def attend(
 ) -> torch.Tensor:
     """`scaled_dot_product_attention`, with two CPU exceptions measured on torch 2.14.
 
-    Incremental decoding on the CPU (one query per row, no gradient) uses two batched matrix
-    products and a softmax: the CPU flash kernel costs 2-6x more there in bfloat16 at every key
-    length, and about 2x more in float32 from 10 keys on (single query, 320 rows, 4 heads,
-    head_dim 64: at 40 keys 3.1 ms against 0.5 ms in bfloat16, 1.3 ms against 0.6 ms in float32).
+    Incremental decoding on the CPU (one query per row, or a beam's few queries per source; no
+    gradient) uses two batched matrix products and a softmax: the CPU flash kernel costs 2-6x
+    more there in bfloat16 at every key length, and about 2x more in float32 from 10 keys on
+    (single query, 320 rows, 4 heads, head_dim 64: at 40 keys 3.1 ms against 0.5 ms in
+    bfloat16, 1.3 ms against 0.6 ms in float32).
 
     PyTorch's CPU flash-attention backward is about 7x slower in bfloat16 than in float32
     (torch 2.14, transformer_small: 5.1 s against 0.7 s of a 21 s profile), which made bf16
@@ -78,12 +87,13 @@ def attend(
     """
     if (
         q.device.type == "cpu"
-        and q.size(2) == 1
+        and q.size(2) <= 8
+        and not is_causal
         and dropout_p == 0.0
         and not torch.is_grad_enabled()
         and (q.dtype != torch.float32 or k.size(2) >= 10)
     ):
-        return _attend_single_query(q, k, v, attn_mask)
+        return _attend_few_queries(q, k, v, attn_mask)
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.requires_grad:
         with torch.autocast("cpu", enabled=False):
             output = F.scaled_dot_product_attention(
@@ -96,10 +106,10 @@ def attend(
     )
 
 
-def _attend_single_query(
+def _attend_few_queries(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor]
 ) -> torch.Tensor:
-    """Attention of one query per row (batch, heads, 1, head_dim); softmax in float32."""
+    """Unmasked-by-causality attention written out; softmax in float32."""
     scores = torch.matmul(q * (1.0 / math.sqrt(q.size(-1))), k.transpose(-1, -2))
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, -math.inf)
@@ -190,7 +200,7 @@ class MultiheadAttention(nn.Module):
             q, k, v, mask = self._encoder_decoder_qkv(
                 query, key_value, key_padding_mask, incremental_state
             )
-            output = attend(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            output = self._attend_grouped(q, k, v, mask, dropout_p)
         else:
             q, k, v = self._split_heads(self.qkv_proj(query), 3)
             if incremental_state is not None:
@@ -210,6 +220,30 @@ class MultiheadAttention(nn.Module):
         output = output.transpose(1, 2).reshape(batch, query.size(1), self.embed_dim)
         return self.out_proj(output)
 
+    def _attend_grouped(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        dropout_p: float,
+    ) -> torch.Tensor:
+        """Encoder-decoder attention where `q` may hold several rows per source (module doc)."""
+        rows, sources = q.size(0), k.size(0)
+        if rows == sources:
+            return attend(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        if rows % sources != 0:
+            raise ValueError(
+                f"encoder-decoder attention: {rows} query rows cannot be grouped over "
+                f"{sources} encoder outputs"
+            )
+        group, heads, length, head_dim = rows // sources, q.size(1), q.size(2), q.size(3)
+        q = q.reshape(sources, group, heads, length, head_dim).transpose(1, 2)
+        q = q.reshape(sources, heads, group * length, head_dim)
+        output = attend(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        output = output.reshape(sources, heads, group, length, head_dim).transpose(1, 2)
+        return output.reshape(rows, heads, length, head_dim)
+
     def _encoder_decoder_qkv(
         self,
         query: torch.Tensor,
@@ -228,7 +262,9 @@ class MultiheadAttention(nn.Module):
         # The mask does not depend on the query position, so decoding builds it once.
         mask = build_attention_mask(key_padding_mask, q.size(2), k.size(2), False, query.device)
         if incremental_state is not None:
-            entry = {"key": k, "value": v}
+            entry: dict[str, Any] = {"key": k, "value": v}
+            if q.size(0) != k.size(0):
+                entry["rows_per_source"] = q.size(0) // k.size(0)
             if mask is not None:
                 entry["attn_mask"] = mask
             incremental_state[self.cache_name] = entry
@@ -254,6 +290,16 @@ class MultiheadAttention(nn.Module):
         cached = incremental_state.get(self.cache_name)
         if cached is None:
             return
+        group = cached.get("rows_per_source", 1)
+        if group > 1:
+            # Blocks of `group` rows stay together, so block i reads the source of its first row.
+            if new_order.numel() % group != 0:
+                raise ValueError(
+                    f"a reordering of grouped rows must keep blocks of {group} rows; got "
+                    f"{new_order.numel()} rows"
+                )
+            new_order = torch.div(new_order[::group], group, rounding_mode="floor")
         incremental_state[self.cache_name] = {
-            name: tensor.index_select(0, new_order) for name, tensor in cached.items()
+            name: value.index_select(0, new_order) if isinstance(value, torch.Tensor) else value
+            for name, value in cached.items()
         }

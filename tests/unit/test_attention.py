@@ -143,8 +143,9 @@ def test_bf16_training_attention_runs_in_float32_on_cpu(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording_sdpa)
     module = MultiheadAttention(EMBED_DIM, HEADS)
-    query = torch.randn(2, 5, EMBED_DIM)
-    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    # More than 8 queries, so inference goes through SDPA too (fewer take the written-out path).
+    query = torch.randn(2, 12, EMBED_DIM)
+    padding = torch.tensor([[False] * 12, [False] * 9 + [True] * 3])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         output = module(query, key_padding_mask=padding, causal=True)
         with torch.no_grad():

@@ -594,3 +594,21 @@ def test_transformer_ensemble_of_one_model_twice_equals_the_model() -> None:
     alone = transformer_translate([model], TRANSFORMER_SOURCES, beam=3, nbest=2)
     twice = transformer_translate([model, model], TRANSFORMER_SOURCES, beam=3, nbest=2)
     assert_same_hypotheses(alone, twice)
+
+
+def test_beams_sharing_one_encoder_output_equal_beams_with_copies() -> None:
+    """decodes_grouped_rows (one encoder output and cross-attention cache per sentence) is a
+    speed-up only: same hypotheses and scores as repeating the encoder output per beam, alone
+    and in an ensemble that mixes both kinds of model."""
+    import copy
+
+    model = tiny_transformer(33)
+    assert model.decodes_grouped_rows
+    repeated = copy.deepcopy(model)
+    repeated.decodes_grouped_rows = False
+    options = {"beam": 4, "nbest": 3, "max_len_a": 1.0, "max_len_b": 3}
+    grouped_result = transformer_translate([model], TRANSFORMER_SOURCES, **options)
+    repeated_result = transformer_translate([repeated], TRANSFORMER_SOURCES, **options)
+    assert_same_hypotheses(grouped_result, repeated_result, tolerance=1e-5)
+    mixed = transformer_translate([model, repeated], TRANSFORMER_SOURCES, **options)
+    assert_same_hypotheses(grouped_result, mixed, tolerance=1e-5)

@@ -198,6 +198,10 @@ class TransformerDecoder(EmbeddedLayerStack):
 class TransformerModel(nn.Module):
     """Encoder-decoder transformer implementing nmtkit's model API (see nmtkit.models)."""
 
+    # decode() accepts g rows per encoder output (the beams of a sentence share their source's
+    # keys and values in encoder-decoder attention), see nmtkit.modules.attention.
+    decodes_grouped_rows = True
+
     def __init__(
         self,
         cfg: TransformerConfig,
