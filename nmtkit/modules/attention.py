@@ -109,7 +109,7 @@ def attend(
 def _attend_few_queries(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor]
 ) -> torch.Tensor:
-    """Unmasked-by-causality attention written out; softmax in float32."""
+    """Attention without a causal mask as two matrix products; the softmax in float32."""
     scores = torch.matmul(q * (1.0 / math.sqrt(q.size(-1))), k.transpose(-1, -2))
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, -math.inf)
