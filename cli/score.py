@@ -1,4 +1,4 @@
-"""`nmtkit-score`: corpus BLEU, chrF, TER and WER of a hypothesis file against references."""
+"""`nmtkit-score`: corpus BLEU, chrF, TER, WER and CER of a hypothesis file against references."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from typing import Any, Optional
 
 from nmtkit.config.launcher import run_cli
 from nmtkit.errors import ConfigError, DataError
-from nmtkit.scoring.metrics import BLEU_TOKENIZERS, KNOWN_METRICS, MetricResult, score_corpus
+from nmtkit.scoring.metrics import (
+    BLEU_TOKENIZERS,
+    KNOWN_METRICS,
+    MetricResult,
+    score_with_normalised_variants,
+)
 
 STDIN_PATH = "-"
 OUTPUT_FORMATS = ("text", "json")
@@ -27,7 +32,7 @@ class ScoreConfig:
     ref: Any
     """Reference file aligned line by line with hyp (ref=a.txt), or several (ref=[a.txt,b.txt])."""
     metrics: Any = field(default_factory=lambda: ["bleu"])
-    """Metrics among bleu, chrf, ter, wer: one (metrics=chrf) or a list (metrics=[bleu,ter])."""
+    """Metrics among bleu, chrf, ter, wer, cer: one (metrics=chrf) or a list (metrics=[wer,cer])."""
     format: str = "text"
     """Output on stdout: text (one line per metric) or json."""
     lowercase: bool = False
@@ -37,9 +42,9 @@ class ScoreConfig:
     ter_case_sensitive: bool = False
     """Case-sensitive TER (sacrebleu's TER, like tercom, ignores case by default)."""
     wer_lowercase: bool = False
-    """Lower-case hypotheses and references before WER."""
+    """Lower-case both sides before the raw WER and CER (the normalised ones always are)."""
     wer_remove_punctuation: bool = False
-    """Delete Unicode punctuation before WER ("don't" becomes "dont")."""
+    """Delete Unicode punctuation before the raw WER and CER ("don't" becomes "dont")."""
     output: Optional[str] = None
     """Also write the JSON result to this file."""
 
@@ -142,7 +147,7 @@ def read_segments(path: str) -> list[str]:
 
 
 def format_text(results: dict[str, MetricResult]) -> str:
-    """One line per metric: sacrebleu's summary of the score, then the signature."""
+    """One line per result: its summary (sacrebleu's for BLEU/chrF/TER), then the signature."""
     return "\n".join(result.format_line() for result in results.values())
 
 
@@ -152,13 +157,17 @@ def main(cfg: ScoreConfig) -> dict[str, Any]:
     Example:
         nmtkit-score hyp=hyp.en ref=RAW/test.en metrics=[bleu,chrf,ter] format=json
         cat hyp.en | nmtkit-score hyp=- ref=[ref1.en,ref2.en] metrics=wer
+        nmtkit-score hyp=hyp.txt ref=ref.txt 'metrics=[wer,cer]'
 
-    Settings: hyp, ref (one path or a list), metrics (bleu, chrf, ter, wer), format
+    Settings: hyp, ref (one path or a list), metrics (bleu, chrf, ter, wer, cer), format
     (text or json), lowercase, tokenize, ter_case_sensitive, wer_lowercase,
     wer_remove_punctuation, output (also write the JSON there); see docs/scoring.md.
 
-    BLEU, chrF and TER come from sacrebleu (its default settings and signatures), WER from
-    jiwer on whitespace-split words; all scores are 0-100, WER and TER in percent.
+    BLEU, chrF and TER come from sacrebleu (its default settings and signatures), WER and
+    CER from jiwer on whitespace-split words and on characters; all scores are 0-100, WER,
+    CER and TER in percent. WER and CER are each reported twice: raw (as wer_lowercase and
+    wer_remove_punctuation say) and normalised (lower-cased, punctuation removed; keys
+    wer_normalised, cer_normalised), unless the raw one is already normalised that way.
     Returns {metric: {"name", "score", "signature", "details"}}, which is also what
     format=json prints and output= writes.
     """
@@ -178,7 +187,7 @@ def main(cfg: ScoreConfig) -> dict[str, Any]:
         references.append(stream)
     if not hypotheses:
         raise DataError(f"{hypothesis_name}: no lines to score")
-    results = score_corpus(
+    results = score_with_normalised_variants(
         hypotheses,
         references,
         cfg.metric_names(),

@@ -1,13 +1,20 @@
-"""Corpus-level BLEU, chrF and TER through sacrebleu, and WER through jiwer.
+"""Corpus-level BLEU, chrF and TER through sacrebleu, and WER and CER through jiwer.
 
-`score_corpus` is the one scoring path of the toolkit: `nmtkit-score` and BLEU validation
-during training both call it, so the numbers they report agree. All scores are on a 0-100
-scale (WER and TER in percent; both can exceed 100 when the hypothesis has many insertions).
+`score_corpus` is the one scoring path of the toolkit: `nmtkit-score` and validation during
+training both call it, so the numbers they report agree. All scores are on a 0-100 scale
+(WER, CER and TER in percent; they can exceed 100 when the hypothesis has many insertions).
+
+`score_with_normalised_variants` adds, beside each WER and CER, the same rate on text that
+`normalise_transcript` has lower-cased and stripped of punctuation: the number speech papers
+usually quote, reported next to the raw one so neither is mistaken for the other.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import sys
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +25,14 @@ from sacrebleu.metrics.base import Metric
 
 from nmtkit.errors import ConfigError, DataError
 
-KNOWN_METRICS = ("bleu", "chrf", "ter", "wer")
+KNOWN_METRICS = ("bleu", "chrf", "ter", "wer", "cer")
 BLEU_TOKENIZERS = tuple(sorted(BLEU.TOKENIZERS))
+TRANSCRIPT_METRICS = ("wer", "cer")
+"""The edit-distance metrics that also get a normalised variant in nmtkit-score."""
+NORMALISED_SUFFIX = "_normalised"
+"""Key suffix of a normalised variant: "wer_normalised" sits next to "wer"."""
+NORMALISATION_NAME = "lower-cased, punctuation removed"
+"""How the normalised variant's text was changed, as printed in its summary line."""
 
 
 @dataclass(frozen=True)
@@ -27,11 +40,11 @@ class MetricResult:
     """One corpus-level score with what is needed to reproduce and compare it."""
 
     name: str
-    """The metric's key in KNOWN_METRICS, e.g. "bleu"."""
+    """The metric's key in KNOWN_METRICS, e.g. "bleu"; "wer_normalised" for a variant."""
     score: float
-    """The corpus score on a 0-100 scale (WER and TER in percent)."""
+    """The corpus score on a 0-100 scale (WER, CER and TER in percent)."""
     signature: str
-    """sacrebleu's signature (nrefs, case, tokenizer, version...); for WER the normalisation."""
+    """sacrebleu's signature (nrefs, case, tokenizer, version...); for WER/CER the normalisation."""
     details: dict[str, Any] = field(default_factory=dict)
     """Statistics behind the score: BLEU precisions and brevity penalty, WER edit counts, ..."""
     summary: str = ""
@@ -165,6 +178,36 @@ def _ter(
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _punctuation_table() -> dict[int, None]:
+    # jiwer's definition (every Unicode category P*), built once as a str.translate table:
+    # one translate per line instead of jiwer's one str.replace per punctuation character.
+    return {
+        code: None
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)).startswith("P")
+    }
+
+
+def _normalise(text: str, *, lowercase: bool, remove_punctuation: bool) -> str:
+    if lowercase:
+        text = text.lower()
+    if remove_punctuation:
+        text = text.translate(_punctuation_table())
+    # Any run of Unicode whitespace becomes one space, so "a\tb" and "a  b" are both "a b".
+    return " ".join(text.split())
+
+
+def normalise_transcript(text: str) -> str:
+    """Lower-cases, deletes Unicode punctuation and squeezes whitespace: "Don't  stop!" -> "dont stop".
+
+    The exact normalisation of "wer_normalised" and "cer_normalised" (and of score_corpus
+    with wer_lowercase=True, wer_remove_punctuation=True), so word lists built with it (e.g.
+    words seen in training) match the words those scores count.
+    """
+    return _normalise(text, lowercase=True, remove_punctuation=True)
+
+
 def wer_signature(*, lowercase: bool, remove_punctuation: bool) -> str:
     """Describes WER's normalisation in sacrebleu's signature style."""
     case = "lc" if lowercase else "mixed"
@@ -173,45 +216,75 @@ def wer_signature(*, lowercase: bool, remove_punctuation: bool) -> str:
     return f"nrefs:1|case:{case}|punct:{punctuation}|tok:whitespace|jiwer:{version}"
 
 
-def _wer(
+def cer_signature(*, lowercase: bool, remove_punctuation: bool) -> str:
+    """Describes CER's normalisation; `space:yes` says spaces between words count as characters."""
+    case = "lc" if lowercase else "mixed"
+    punctuation = "removed" if remove_punctuation else "kept"
+    version = importlib.metadata.version("jiwer")
+    return f"nrefs:1|case:{case}|punct:{punctuation}|tok:char|space:yes|jiwer:{version}"
+
+
+def _edit_rate(
+    kind: str,
     hypotheses: Sequence[str],
     reference: Sequence[str],
+    *,
     lowercase: bool,
     remove_punctuation: bool,
+    normalised_variant: bool = False,
 ) -> MetricResult:
-    steps: list[Any] = []
-    if lowercase:
-        steps.append(jiwer.ToLowerCase())
-    if remove_punctuation:
-        steps.append(jiwer.RemovePunctuation())
-    # After the optional steps, the same whitespace split jiwer uses by default.
-    steps += [jiwer.RemoveMultipleSpaces(), jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
-    transform = jiwer.Compose(steps)
-    output = jiwer.process_words(
-        list(reference),
-        list(hypotheses),
-        reference_transform=transform,
-        hypothesis_transform=transform,
-    )
+    """WER (kind "wer") or CER ("cer") with its edit counts, named as a variant if asked.
+
+    Both rates see the same normalised text, so CER's spaces are single spaces between words.
+    """
+    references = [
+        _normalise(text, lowercase=lowercase, remove_punctuation=remove_punctuation)
+        for text in reference
+    ]
+    hypotheses = [
+        _normalise(text, lowercase=lowercase, remove_punctuation=remove_punctuation)
+        for text in hypotheses
+    ]
+    if kind == "wer":
+        # The text is normalised already: what is left for jiwer is the split into units.
+        words = jiwer.Compose([jiwer.ReduceToListOfListOfWords()])
+        output: Any = jiwer.process_words(
+            references, hypotheses, reference_transform=words, hypothesis_transform=words
+        )
+        rate, unit = output.wer, "words"
+        signature = wer_signature(lowercase=lowercase, remove_punctuation=remove_punctuation)
+    else:
+        characters = jiwer.Compose([jiwer.ReduceToListOfListOfChars()])
+        output = jiwer.process_characters(
+            references,
+            hypotheses,
+            reference_transform=characters,
+            hypothesis_transform=characters,
+        )
+        rate, unit = output.cer, "chars"
+        signature = cer_signature(lowercase=lowercase, remove_punctuation=remove_punctuation)
     substitutions, deletions = int(output.substitutions), int(output.deletions)
     insertions, hits = int(output.insertions), int(output.hits)
-    score = 100.0 * float(output.wer)
-    reference_words = substitutions + deletions + hits
+    score = 100.0 * float(rate)
+    reference_units = substitutions + deletions + hits
+    name, label = kind, kind.upper()
+    if normalised_variant:
+        name, label = kind + NORMALISED_SUFFIX, f"{label} normalised ({NORMALISATION_NAME})"
     return MetricResult(
-        name="wer",
+        name=name,
         score=score,
-        signature=wer_signature(lowercase=lowercase, remove_punctuation=remove_punctuation),
+        signature=signature,
         details={
             "substitutions": substitutions,
             "deletions": deletions,
             "insertions": insertions,
             "hits": hits,
-            "reference_words": reference_words,
-            "hypothesis_words": substitutions + insertions + hits,
+            f"reference_{unit}": reference_units,
+            f"hypothesis_{unit}": substitutions + insertions + hits,
         },
         summary=(
-            f"WER = {score:.2f} (S = {substitutions} D = {deletions} I = {insertions} "
-            f"H = {hits} ref_words = {reference_words})"
+            f"{label} = {score:.2f} (S = {substitutions} D = {deletions} I = {insertions} "
+            f"H = {hits} ref_{unit} = {reference_units})"
         ),
     )
 
@@ -232,16 +305,17 @@ def score_corpus(
     Args:
         hypotheses: one detokenized hypothesis per segment.
         references: reference streams, each a list aligned with `hypotheses`
-            (`[refs]` for a single reference). WER uses the first stream only.
-        metrics: names from KNOWN_METRICS, e.g. ["bleu", "chrf"].
+            (`[refs]` for a single reference). WER and CER use the first stream only.
+        metrics: names from KNOWN_METRICS, e.g. ["bleu", "chrf"] or ["wer", "cer"].
         lowercase: case-insensitive BLEU, chrF and TER.
         tokenize: sacrebleu's BLEU tokenizer (None = sacrebleu's default, 13a).
         ter_case_sensitive: TER is case-insensitive by default, as in sacrebleu and tercom.
-        wer_remove_punctuation: delete Unicode punctuation before WER (so "don't" -> "dont").
-        wer_lowercase: lower-case hypotheses and references before WER.
+        wer_remove_punctuation: delete Unicode punctuation before WER and CER ("don't" ->
+            "dont"). Both always squeeze runs of whitespace to one space.
+        wer_lowercase: lower-case hypotheses and references before WER and CER.
 
     Returns:
-        {metric name: MetricResult}, in the order the metrics were requested.
+        {metric name: MetricResult}, exactly the metrics requested, in that order.
 
     Raises:
         ConfigError: an unknown metric or tokenizer.
@@ -258,5 +332,58 @@ def score_corpus(
         elif name == "ter":
             results[name] = _ter(hypotheses, references, ter_case_sensitive and not lowercase)
         else:
-            results[name] = _wer(hypotheses, references[0], wer_lowercase, wer_remove_punctuation)
+            results[name] = _edit_rate(
+                name,
+                hypotheses,
+                references[0],
+                lowercase=wer_lowercase,
+                remove_punctuation=wer_remove_punctuation,
+            )
     return results
+
+
+def score_with_normalised_variants(
+    hypotheses: list[str],
+    references: list[list[str]],
+    metrics: list[str],
+    *,
+    lowercase: bool = False,
+    tokenize: str | None = None,
+    ter_case_sensitive: bool = False,
+    wer_remove_punctuation: bool = False,
+    wer_lowercase: bool = False,
+) -> dict[str, MetricResult]:
+    """score_corpus, plus a normalised variant right after each requested WER and CER.
+
+    The variant, keyed "wer_normalised" / "cer_normalised", scores the text after
+    `normalise_transcript` (lower-cased, punctuation removed); its signature says
+    `case:lc|punct:removed` and its summary names the normalisation. When the raw score is
+    already computed that way (wer_lowercase and wer_remove_punctuation both true), there is
+    no variant: it would repeat the raw line. Arguments as for score_corpus.
+    """
+    results = score_corpus(
+        hypotheses,
+        references,
+        metrics,
+        lowercase=lowercase,
+        tokenize=tokenize,
+        ter_case_sensitive=ter_case_sensitive,
+        wer_remove_punctuation=wer_remove_punctuation,
+        wer_lowercase=wer_lowercase,
+    )
+    if wer_lowercase and wer_remove_punctuation:
+        return results
+    combined: dict[str, MetricResult] = {}
+    for name, result in results.items():
+        combined[name] = result
+        if name in TRANSCRIPT_METRICS:
+            normalised = _edit_rate(
+                name,
+                hypotheses,
+                references[0],
+                lowercase=True,
+                remove_punctuation=True,
+                normalised_variant=True,
+            )
+            combined[normalised.name] = normalised
+    return combined

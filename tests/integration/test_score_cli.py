@@ -85,7 +85,8 @@ def test_main_json_output_and_output_file(
     report = main(config)
     printed = json.loads(capsys.readouterr().out)
     assert printed == report == json.loads(output.read_text(encoding="utf-8"))
-    assert list(printed) == ["bleu", "chrf", "ter", "wer"]
+    # WER comes with its normalised variant (lower-cased, punctuation removed) right after it.
+    assert list(printed) == ["bleu", "chrf", "ter", "wer", "wer_normalised"]
     for entry in printed.values():
         assert set(entry) == {"name", "score", "signature", "details"}
     assert printed["chrf"]["score"] == pytest.approx(
@@ -131,8 +132,9 @@ def test_command_line_json_with_multiple_refs(
     [
         ("metrics=chrf", ["chrf"]),
         ("metrics=[ter,bleu]", ["ter", "bleu"]),
-        ("metrics='bleu,wer'", ["bleu", "wer"]),
-        ("metrics=[WER]", ["wer"]),
+        ("metrics='bleu,wer'", ["bleu", "wer", "wer_normalised"]),
+        ("metrics=[WER]", ["wer", "wer_normalised"]),
+        ("metrics=[cer]", ["cer", "cer_normalised"]),
     ],
 )
 def test_metrics_argument_forms(
@@ -145,6 +147,57 @@ def test_metrics_argument_forms(
     assert list(json.loads(capsys.readouterr().out)) == expected
 
 
+def test_wer_and_cer_are_reported_raw_and_normalised(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_score([f"hyp={files['hyp']}", f"ref={files['ref']}", "metrics=[wer,cer]"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    normalised = "normalised (lower-cased, punctuation removed) = "
+    assert lines[0].startswith("WER = ") and "|case:mixed|punct:kept|" in lines[0]
+    assert lines[1].startswith(f"WER {normalised}") and "|case:lc|punct:removed|" in lines[1]
+    assert lines[2].startswith("CER = ") and "|case:mixed|punct:kept|tok:char|" in lines[2]
+    assert lines[3].startswith(f"CER {normalised}") and "|case:lc|punct:removed|" in lines[3]
+
+
+def edits(details: dict[str, int]) -> int:
+    return details["substitutions"] + details["deletions"] + details["insertions"]
+
+
+def test_json_has_raw_and_normalised_wer_and_cer(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_score([f"hyp={files['hyp']}", f"ref={files['ref']}", "metrics=[wer,cer]", "format=json"])
+    report = json.loads(capsys.readouterr().out)
+    assert list(report) == ["wer", "wer_normalised", "cer", "cer_normalised"]
+    for name in ("wer", "cer"):
+        raw, normalised = report[name], report[f"{name}_normalised"]
+        assert raw["name"] == name and normalised["name"] == f"{name}_normalised"
+        assert "case:mixed|punct:kept" in raw["signature"]
+        assert "case:lc|punct:removed" in normalised["signature"]
+        # REFERENCE differs from HYPOTHESES in case and punctuation: normalising removes
+        # edits (the CER rate itself may rise, as its denominator loses the punctuation).
+        assert edits(normalised["details"]) < edits(raw["details"])
+    assert report["cer"]["details"]["reference_chars"] == sum(len(r) for r in REFERENCE)
+
+
+def test_no_duplicate_when_raw_wer_is_already_normalised(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_score(
+        [
+            f"hyp={files['hyp']}",
+            f"ref={files['ref']}",
+            "metrics=[wer,cer]",
+            "wer_lowercase=true",
+            "wer_remove_punctuation=true",
+        ]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" = ")[0] for line in lines] == ["WER", "CER"]
+    assert all("|case:lc|punct:removed|" in line for line in lines)
+
+
 def test_unknown_metric_is_one_line_and_exit_code_1(
     files: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -152,7 +205,7 @@ def test_unknown_metric_is_one_line_and_exit_code_1(
         [f"hyp={files['hyp']}", f"ref={files['ref']}", "metrics=[bleu,meteor]"], capsys
     )
     assert "'meteor'" in error
-    assert "known: bleu, chrf, ter, wer" in error
+    assert "known: bleu, chrf, ter, wer, cer" in error
 
 
 def test_line_count_mismatch_names_both_files_and_counts(

@@ -1,4 +1,4 @@
-"""score_corpus agrees with sacrebleu's own corpus functions and computes WER with jiwer."""
+"""score_corpus agrees with sacrebleu's own corpus functions and computes WER/CER with jiwer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import pytest
 import sacrebleu
 
 from nmtkit.errors import ConfigError, DataError
-from nmtkit.scoring import KNOWN_METRICS, MetricResult, score_corpus
+from nmtkit.scoring import (
+    KNOWN_METRICS,
+    MetricResult,
+    normalise_transcript,
+    score_corpus,
+    score_with_normalised_variants,
+)
 
 HYPOTHESES = [
     "The cat sat on the mat.",
@@ -147,6 +153,148 @@ def test_wer_uses_the_first_reference_only() -> None:
     assert results["wer"].score == pytest.approx(50.0)
     assert results["wer"].signature.startswith("nrefs:1|")
     assert results["bleu"].signature.startswith("nrefs:2|")
+
+
+def test_wer_splits_on_any_whitespace() -> None:
+    result = score_corpus(["a\tb  c"], [["a b c"]], ["wer"])["wer"]
+    assert result.score == pytest.approx(0.0)
+    assert result.details["hypothesis_words"] == 3
+
+
+def test_cer_matches_a_hand_computed_alignment() -> None:
+    # kitten -> sitting: k/s and e/i substituted, g inserted, i t t n hit (4 hits).
+    # ab -> ab: 2 hits. Corpus CER = (2 + 0 + 1) / (6 + 2) reference characters.
+    result = score_corpus(["sitting", "ab"], [["kitten", "ab"]], ["cer"])["cer"]
+    assert result.name == "cer"
+    assert result.score == pytest.approx(100.0 * 3 / 8)
+    assert result.details == {
+        "substitutions": 2,
+        "deletions": 0,
+        "insertions": 1,
+        "hits": 6,
+        "reference_chars": 8,
+        "hypothesis_chars": 9,
+    }
+    assert result.signature.startswith("nrefs:1|case:mixed|punct:kept|tok:char|space:yes|jiwer:")
+    assert result.format_line().startswith("CER = 37.50 (S = 2 D = 0 I = 1 H = 6 ref_chars = 8)")
+
+
+def test_cer_counts_spaces_between_words_but_squeezes_runs() -> None:
+    # "the cat" is 7 characters; a missing space is one deletion.
+    joined = score_corpus(["thecat"], [["the cat"]], ["cer"])["cer"]
+    assert joined.score == pytest.approx(100.0 / 7)
+    assert joined.details["deletions"] == 1
+    spaced = score_corpus([" the \t  cat "], [["the cat"]], ["cer"])["cer"]
+    assert spaced.score == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("lowercase", "remove_punctuation", "edits", "reference_chars", "signature_part"),
+    [
+        # "hello world" against "Hello, world": H/h substituted, "," deleted.
+        (False, False, 2, 12, "case:mixed|punct:kept"),
+        (True, False, 1, 12, "case:lc|punct:kept"),
+        (False, True, 1, 11, "case:mixed|punct:removed"),
+        (True, True, 0, 11, "case:lc|punct:removed"),
+    ],
+)
+def test_cer_normalisation_options(
+    lowercase: bool,
+    remove_punctuation: bool,
+    edits: int,
+    reference_chars: int,
+    signature_part: str,
+) -> None:
+    result = score_corpus(
+        ["hello world"],
+        [["Hello, world"]],
+        ["cer"],
+        wer_lowercase=lowercase,
+        wer_remove_punctuation=remove_punctuation,
+    )["cer"]
+    assert result.score == pytest.approx(100.0 * edits / reference_chars)
+    assert result.details["reference_chars"] == reference_chars
+    assert signature_part in result.signature
+
+
+def test_normalise_transcript() -> None:
+    assert normalise_transcript("  Don't\tSTOP -- now!  ") == "dont stop now"
+    # Unicode punctuation (category P*) goes too; letters with accents stay.
+    assert normalise_transcript("\u201cÇa va ?\u201d \u2014 ¿Qué…") == "ça va qué"
+    assert normalise_transcript("...") == ""
+
+
+def test_normalise_transcript_is_the_normalised_wer_normalisation() -> None:
+    hypotheses = ["Hello,  World!", "it's  fine"]
+    references = ["hello world", "It is fine."]
+    result = score_corpus(
+        hypotheses, [references], ["wer"], wer_lowercase=True, wer_remove_punctuation=True
+    )["wer"]
+    normalised = score_corpus(
+        [normalise_transcript(h) for h in hypotheses],
+        [[normalise_transcript(r) for r in references]],
+        ["wer"],
+    )["wer"]
+    assert result.score == pytest.approx(normalised.score)
+    assert result.details == normalised.details
+    assert result.details["reference_words"] == sum(
+        len(normalise_transcript(r).split()) for r in references
+    )
+
+
+def test_score_corpus_returns_exactly_the_requested_transcript_metrics() -> None:
+    results = score_corpus(
+        HYPOTHESES,
+        [REFERENCE],
+        ["wer", "cer"],
+        wer_lowercase=True,
+        wer_remove_punctuation=True,
+    )
+    assert list(results) == ["wer", "cer"]
+    assert all("case:lc|punct:removed" in result.signature for result in results.values())
+
+
+def test_normalised_variants_follow_their_raw_scores() -> None:
+    results = score_with_normalised_variants(HYPOTHESES, [REFERENCE], ["bleu", "wer", "cer"])
+    assert list(results) == ["bleu", "wer", "wer_normalised", "cer", "cer_normalised"]
+    raw = score_corpus(HYPOTHESES, [REFERENCE], ["bleu", "wer", "cer"])
+    normalised = score_corpus(
+        HYPOTHESES, [REFERENCE], ["wer", "cer"], wer_lowercase=True, wer_remove_punctuation=True
+    )
+    for name in ("bleu", "wer", "cer"):
+        assert results[name] == raw[name]
+    for name in ("wer", "cer"):
+        variant = results[f"{name}_normalised"]
+        assert variant.name == f"{name}_normalised"
+        assert variant.score == pytest.approx(normalised[name].score)
+        assert variant.details == normalised[name].details
+        assert variant.signature == normalised[name].signature
+        assert "case:lc|punct:removed" in variant.signature
+        assert variant.summary.startswith(
+            f"{name.upper()} normalised (lower-cased, punctuation removed) = "
+        )
+        # Case and punctuation differ between HYPOTHESES and REFERENCE, so normalising helps.
+        assert variant.score < results[name].score
+
+
+def test_no_normalised_variant_when_raw_is_already_normalised() -> None:
+    results = score_with_normalised_variants(
+        HYPOTHESES,
+        [REFERENCE],
+        ["wer", "cer"],
+        wer_lowercase=True,
+        wer_remove_punctuation=True,
+    )
+    assert list(results) == ["wer", "cer"]
+    # Half-normalised raw scores still get the fully normalised variant beside them.
+    partly = score_with_normalised_variants(HYPOTHESES, [REFERENCE], ["wer"], wer_lowercase=True)
+    assert list(partly) == ["wer", "wer_normalised"]
+    assert "case:lc|punct:kept" in partly["wer"].signature
+
+
+def test_normalised_variants_leave_other_metrics_alone() -> None:
+    results = score_with_normalised_variants(HYPOTHESES, [REFERENCE], ["chrf", "ter"])
+    assert results == score_corpus(HYPOTHESES, [REFERENCE], ["chrf", "ter"])
 
 
 def test_results_follow_request_order_without_duplicates() -> None:
