@@ -1,12 +1,11 @@
-"""`nmtkit-generate`: translate raw text (a file or stdin, streaming) or a binarized split."""
+"""`nmtkit-generate`: translate or transcribe raw input (text lines, an audio manifest or audio
+paths; a file or stdin, streaming) or a binarized split."""
 
 from __future__ import annotations
 
 import json
-import os
-import select
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
@@ -14,11 +13,8 @@ from typing import IO, Any, Optional
 import torch
 
 from nmtkit.config.launcher import run_cli
-from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.iterators import EpochBatchIterator
-from nmtkit.data.utf8 import decode_utf8_line
 from nmtkit.distributed import AUTOCAST_DTYPES, choose_device
-from nmtkit.errors import DataError
 from nmtkit.generation.config import SearchConfig
 from nmtkit.generation.translate import TranslationResult, translate_batches
 from nmtkit.inference import load_for_inference
@@ -31,7 +27,8 @@ class GenerateConfig(SearchConfig):
     checkpoint: Any = ""
     """Checkpoint file, or a list of them for an ensemble: checkpoint=[a.pt,b.pt]."""
     input: Optional[str] = None
-    """Raw text file to translate; '-' or unset = stdin, translated as lines arrive."""
+    """Raw input: a text file (translation), or an audio manifest (TSV with the header id audio
+    n_samples ...) or a file of audio paths (speech); '-' or unset = stdin, as lines arrive."""
     data: Optional[str] = None
     """Translate a binarized split of this data directory instead (references included)."""
     subset: str = "test"
@@ -88,6 +85,7 @@ def main(cfg: GenerateConfig) -> None:
         echo "Guten Morgen" | nmtkit-generate checkpoint=model.pt
         nmtkit-generate checkpoint=model.pt data=data-bin subset=test format=fairseq
         nmtkit-generate 'checkpoint=[a.pt,b.pt]' input=test.de   # ensemble
+        nmtkit-generate checkpoint=asr/checkpoint_best.pt input=test.tsv output=hyp.txt  # speech
     """
     device = choose_device(cfg.device)
     paths = cfg.checkpoint if isinstance(cfg.checkpoint, list) else [cfg.checkpoint]
@@ -98,8 +96,10 @@ def main(cfg: GenerateConfig) -> None:
         if cfg.data:
             translate_binarized(cfg, task, models, device, out)
         else:
-            for lines in read_line_chunks(cfg.input, cfg.buffer_size):
-                translate_lines(cfg, task, models, device, lines, out)
+            done = 0
+            for inputs in task.read_inference_inputs(cfg.input, cfg.buffer_size):
+                translate_inputs(cfg, task, models, device, inputs, done, out)
+                done += len(inputs)
     finally:
         if out is not sys.stdout:
             out.close()
@@ -108,15 +108,7 @@ def main(cfg: GenerateConfig) -> None:
 def translate_binarized(
     cfg: GenerateConfig, task: Any, models: list, device: torch.device, out: IO[str]
 ) -> None:
-    data_dir = Path(cfg.data)
-    for lang, dictionary in ((task.source_lang, task.src_dict), (task.target_lang, task.tgt_dict)):
-        if Dictionary.load(data_dir / f"dict.{lang}.txt") != dictionary:
-            raise DataError(
-                f"data={data_dir}: dict.{lang}.txt differs from the checkpoint's dictionary; "
-                "binarize with srcdict/tgtdict from the training data, or translate raw text"
-            )
-    task.data_dirs = [data_dir]
-    dataset = task.load_dataset(cfg.subset)
+    dataset = task.inference_data_split(Path(cfg.data), cfg.subset)
     iterator = EpochBatchIterator(
         dataset, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
         shuffle=False, required_batch_size_multiple=1,
@@ -126,23 +118,24 @@ def translate_binarized(
         seed=cfg.seed if cfg.sampling else None,  # the weights carry the precision
     )  # fmt: skip
     for result in sorted(results, key=lambda r: r.id):
-        write_result(cfg, result, out)
+        write_result(cfg, result, out, result.id)
 
 
-def translate_lines(
+def translate_inputs(
     cfg: GenerateConfig,
     task: Any,
     models: list,
     device: torch.device,
-    lines: list[str],
+    inputs: list[Any],
+    first_index: int,
     out: IO[str],
 ) -> None:
-    """Translates one chunk of raw lines, writing results in input order; empty lines give
-    empty outputs (they are not sent to the model)."""
-    nonempty = [i for i, line in enumerate(lines) if line.strip()]
+    """Decodes one chunk of inputs (text lines, utterances), writing results in input order;
+    empty inputs give empty outputs (they are not sent to the model)."""
+    nonempty = [i for i, item in enumerate(inputs) if not task.is_empty_input(item)]
     results: dict[int, TranslationResult] = {}
     if nonempty:
-        dataset = task.inference_dataset([lines[i] for i in nonempty])
+        dataset = task.inference_dataset([inputs[i] for i in nonempty])
         iterator = EpochBatchIterator(
             dataset, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
             shuffle=False, required_batch_size_multiple=1,
@@ -153,22 +146,23 @@ def translate_lines(
         ):  # fmt: skip
             result.id = nonempty[result.id]
             results[result.id] = result
-    for i, line in enumerate(lines):
+    for i, item in enumerate(inputs):
+        name = task.input_name(item, first_index + i)
         if i in results:
-            write_result(cfg, results[i], out)
+            write_result(cfg, results[i], out, name)
         else:
-            write_empty(cfg, i, line, out)
+            write_empty(cfg, name, str(item), out)
     out.flush()
 
 
-def write_result(cfg: GenerateConfig, result: TranslationResult, out: IO[str]) -> None:
+def write_result(cfg: GenerateConfig, result: TranslationResult, out: IO[str], name: Any) -> None:
     hypotheses = result.hypotheses[: cfg.nbest]
     if cfg.format == "text":
         for hypothesis in hypotheses:
             out.write(hypothesis.text + "\n")
     elif cfg.format == "jsonl":
         record = {
-            "id": result.id,
+            "id": name,
             "source": result.source,
             **({"reference": result.reference} if result.reference is not None else {}),
             "hypotheses": [
@@ -183,61 +177,22 @@ def write_result(cfg: GenerateConfig, result: TranslationResult, out: IO[str]) -
         }
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     else:  # fairseq's layout, so existing post-processing scripts keep working
-        out.write(f"S-{result.id}\t{result.source}\n")
+        out.write(f"S-{name}\t{result.source}\n")
         if result.reference is not None:
-            out.write(f"T-{result.id}\t{result.reference}\n")
+            out.write(f"T-{name}\t{result.reference}\n")
         for h in hypotheses:
-            out.write(f"H-{result.id}\t{h.score:.6f}\t{h.pieces}\n")
-            out.write(f"D-{result.id}\t{h.score:.6f}\t{h.text}\n")
-            out.write(f"P-{result.id}\t{' '.join(f'{s:.4f}' for s in h.positional_scores)}\n")
+            out.write(f"H-{name}\t{h.score:.6f}\t{h.pieces}\n")
+            out.write(f"D-{name}\t{h.score:.6f}\t{h.text}\n")
+            out.write(f"P-{name}\t{' '.join(f'{s:.4f}' for s in h.positional_scores)}\n")
 
 
-def write_empty(cfg: GenerateConfig, index: int, line: str, out: IO[str]) -> None:
+def write_empty(cfg: GenerateConfig, name: Any, line: str, out: IO[str]) -> None:
     if cfg.format == "text":
         out.write("\n" * cfg.nbest)
     elif cfg.format == "jsonl":
-        out.write(json.dumps({"id": index, "source": line, "hypotheses": []}) + "\n")
+        out.write(json.dumps({"id": name, "source": line, "hypotheses": []}) + "\n")
     else:
-        out.write(f"S-{index}\t{line}\n")
-
-
-def read_line_chunks(path: str | None, buffer_size: int) -> Iterator[list[str]]:
-    """Chunks of up to `buffer_size` lines. From stdin, a chunk is also closed as soon as no
-    more input is waiting, so an interactive user gets each translation right away."""
-    if path and path != "-":
-        if not Path(path).is_file():
-            raise DataError(f"input={path}: file not found")
-        with open(path, "rb") as file:
-            chunk: list[str] = []
-            for line_number, raw in enumerate(file, start=1):
-                chunk.append(decode_utf8_line(raw, path, line_number).rstrip("\r\n"))
-                if len(chunk) >= buffer_size:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
-        return
-    yield from read_stdin_chunks(buffer_size)
-
-
-def read_stdin_chunks(buffer_size: int) -> Iterator[list[str]]:
-    descriptor = sys.stdin.fileno()
-    pending, chunk, line_number = b"", [], 0
-    while True:
-        data = os.read(descriptor, 1 << 16)
-        pending += data
-        *complete, pending = pending.split(b"\n")
-        if not data and pending:  # last line without a newline
-            complete, pending = [*complete, pending], b""
-        for raw in complete:
-            line_number += 1
-            chunk.append(decode_utf8_line(raw, "<stdin>", line_number).rstrip("\r\n"))
-        waiting = data and select.select([descriptor], [], [], 0)[0]
-        while chunk and (len(chunk) >= buffer_size or not waiting):
-            yield chunk[:buffer_size]
-            chunk = chunk[buffer_size:]
-        if not data:
-            return
+        out.write(f"S-{name}\t{line}\n")
 
 
 def cli_main(argv: Sequence[str] | None = None) -> None:

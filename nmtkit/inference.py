@@ -32,10 +32,10 @@ def load_for_inference(
         member_task = TASKS.build(config.task, state=state["task"])
         if task is None:
             task, first_config = member_task, config
-        elif (member_task.src_dict, member_task.tgt_dict) != (task.src_dict, task.tgt_dict):
+        elif (reason := task.compatible_with(member_task)) is not None:
             raise CheckpointError(
-                f"{path}: its dictionaries differ from {paths[0]}'s; an ensemble needs models "
-                "trained on the same dictionaries"
+                f"{path}: cannot join an ensemble with {paths[0]}: {reason}; an ensemble "
+                "needs models trained on the same task and dictionaries"
             )
         model = member_task.build_model(config.model)
         try:

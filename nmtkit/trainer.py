@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nmtkit import distributed
+from nmtkit import distributed, validation
 from nmtkit.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
 from nmtkit.config.launcher import config_to_dict
 from nmtkit.config.train import TrainConfig
@@ -64,6 +64,7 @@ def train(cfg: TrainConfig) -> Progress:
     task = TASKS.build(cfg.task)
     model = task.build_model(cfg.model).to(device)
     criterion = task.build_criterion(cfg.criterion).to(device)
+    criterion.check_model(model)  # e.g. a CTC weight without a CTC head: fail before any work
     optimizer = OPTIMIZERS.build(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
     lr_scheduler = LR_SCHEDULERS.build(
         cfg.lr_scheduler,
@@ -476,12 +477,13 @@ def validate_and_save(
     reason when patience ran out, else ''."""
     metric_value = None
     if validate and not cfg.dataset.disable_validation:
-        stats = task.validate(model, criterion, cfg, context, logger)
+        stats = validation.validate(cfg, task, model, criterion, context, logger)
         metric_name = cfg.checkpoint.best_checkpoint_metric
         if metric_name not in stats:
             raise ConfigError(
                 f"checkpoint.best_checkpoint_metric={metric_name}: validation reports only "
-                f"{', '.join(sorted(stats))} (bleu needs generation.eval_bleu=true)"
+                f"{', '.join(sorted(stats))} (bleu needs generation.eval_bleu=true, wer "
+                "generation.eval_wer=true)"
             )
         metric_value = float(stats[metric_name])
         improved = is_better(metric_value, progress.best_metric, cfg)

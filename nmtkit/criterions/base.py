@@ -24,6 +24,13 @@ class Criterion(nn.Module):
         self.cfg = cfg
         self.padding_idx = padding_idx
 
+    def check_model(self, model: nn.Module) -> None:
+        """Raises ConfigError when `model` lacks what this criterion needs (e.g. a CTC head).
+
+        Tasks call it once after building model and criterion, so that a mismatch fails
+        before any data is read; criterions that need something also check on first use.
+        """
+
     def forward(
         self, model: nn.Module, sample: dict[str, Any]
     ) -> tuple[torch.Tensor, int, dict[str, float]]:

@@ -7,10 +7,8 @@ per-token base-2 figures (fairseq's display convention).
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -20,6 +18,8 @@ from torch import nn
 from nmtkit.criterions.base import Criterion, register_criterion
 from nmtkit.criterions.fused_loss import smoothed_nll_from_logits
 from nmtkit.distributed import unwrap_model
+from nmtkit.errors import ConfigError
+from nmtkit.models.api import capability
 from nmtkit.registry import ComponentConfig
 
 LoggingValue = Union[int, float, torch.Tensor]
@@ -33,39 +33,72 @@ class CrossEntropyConfig(ComponentConfig):
     """Also log token accuracy (percent of non-padding positions where argmax == target)."""
 
 
+def counted_positions(
+    sample: dict[str, Any], padding_idx: int, ignore_prefix_size: int = 0
+) -> torch.Tensor:
+    """Flat indices into batch * tgt_len of the target positions that count in the loss.
+
+    The non-padding positions come with the sample (the collater finds them on the CPU, which
+    spares a GPU synchronisation) or are found here; the first `ignore_prefix_size` positions
+    of every row are left out.
+    """
+    positions = sample.get("target_positions")
+    if positions is None or ignore_prefix_size > 0:
+        counted = sample["target"].ne(padding_idx)
+        counted[:, :ignore_prefix_size] = False
+        positions = counted.view(-1).nonzero().squeeze(1)
+    return positions
+
+
+def run_with_output_positions(
+    model: nn.Module, sample: dict[str, Any], positions: torch.Tensor, **forward_kwargs: Any
+) -> tuple[Any, Callable[[torch.Tensor], torch.Tensor]]:
+    """Runs model(**net_input, **forward_kwargs), asking for the logits of `positions` only
+    when the model declares `supports_output_positions` (nmtkit.models.api).
+
+    Returns the model's output and a function that turns its logits into those of
+    `positions` (N, V): the identity when the model computed them alone, a selection from the
+    full (batch, tgt_len, V) logits otherwise.
+    """
+    if capability(model, "supports_output_positions"):
+        output = model(**sample["net_input"], output_positions=positions, **forward_kwargs)
+        return output, lambda logits: logits
+
+    def select(logits: torch.Tensor) -> torch.Tensor:
+        return logits.reshape(-1, logits.size(-1)).index_select(0, positions)
+
+    return model(**sample["net_input"], **forward_kwargs), select
+
+
 def target_logits(
     model: nn.Module, sample: dict[str, Any], padding_idx: int, ignore_prefix_size: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs the model and returns logits (N, V) and targets (N,) of the positions that count.
 
     Padding, and the first `ignore_prefix_size` target positions, are left out before the
-    output projection when the model accepts `output_positions` (see nmtkit.models), so no
-    projection, softmax or memory is spent on them. The non-padding positions come with the
-    sample (the collater finds them on the CPU, which spares a GPU synchronisation) or are
-    found here. A model without `output_positions` gives full logits, selected afterwards.
+    output projection when the model supports `output_positions` (nmtkit.models.api), so no
+    projection, softmax or memory is spent on them; other models give full logits, selected
+    afterwards.
     """
-    target = sample["target"]
-    positions = sample.get("target_positions")
-    if positions is None or ignore_prefix_size > 0:
-        counted = target.ne(padding_idx)
-        counted[:, :ignore_prefix_size] = False
-        positions = counted.view(-1).nonzero().squeeze(1)
-    if accepts_output_positions(model):
-        logits = model(**sample["net_input"], output_positions=positions)
-    else:
-        logits = model(**sample["net_input"])
-        logits = logits.reshape(-1, logits.size(-1)).index_select(0, positions)
-    return logits, target.reshape(-1).index_select(0, positions)
+    positions = counted_positions(sample, padding_idx, ignore_prefix_size)
+    logits, select = run_with_output_positions(model, sample, positions)
+    return select(logits), sample["target"].reshape(-1).index_select(0, positions)
 
 
-@functools.cache
-def _forward_takes_output_positions(model_class: type) -> bool:
-    return "output_positions" in inspect.signature(model_class.forward).parameters
-
-
-def accepts_output_positions(model: nn.Module) -> bool:
-    """Whether the model (inside any DDP wrapper) computes logits for chosen positions only."""
-    return _forward_takes_output_positions(type(unwrap_model(model)))
+def check_decoder_model(model: nn.Module, criterion_name: str) -> None:
+    """ConfigError unless the model has a decoder and no CTC head left untrained (an unused
+    head would also stop DDP, which expects a gradient for every parameter)."""
+    if capability(model, "is_encoder_only"):
+        raise ConfigError(
+            f"criterion={criterion_name} needs a decoder, but the model is encoder-only "
+            "(model.decoder_layers=0): train it with criterion=ctc"
+        )
+    if capability(model, "supports_ctc"):
+        raise ConfigError(
+            f"criterion={criterion_name} does not train the model's CTC head "
+            f"(model.ctc_head={getattr(unwrap_model(model), 'ctc_head', '?')}): use "
+            "criterion=label_smoothed_cross_entropy_with_ctc or set model.ctc_head=none"
+        )
 
 
 def count_correct(
@@ -169,6 +202,9 @@ class CrossEntropy(Criterion):
     """
 
     cfg: CrossEntropyConfig
+
+    def check_model(self, model: nn.Module) -> None:
+        check_decoder_model(model, "cross_entropy")
 
     def forward(
         self, model: nn.Module, sample: dict[str, Any]

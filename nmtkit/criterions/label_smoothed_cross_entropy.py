@@ -10,6 +10,7 @@ from torch import nn
 
 from nmtkit.criterions.base import Criterion, register_criterion
 from nmtkit.criterions.cross_entropy import (
+    check_decoder_model,
     cross_entropy_logging_output,
     reduce_cross_entropy_metrics,
     target_logits,
@@ -47,6 +48,9 @@ class LabelSmoothedCrossEntropy(Criterion):
     """
 
     cfg: LabelSmoothedCrossEntropyConfig
+
+    def check_model(self, model: nn.Module) -> None:
+        check_decoder_model(model, "label_smoothed_cross_entropy")
 
     def forward(
         self, model: nn.Module, sample: dict[str, Any]

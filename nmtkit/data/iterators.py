@@ -40,7 +40,9 @@ STATE_VERSION = 1
 
 
 class BatchableDataset(Protocol):
-    """What the iterator needs from a dataset (LanguagePairDataset provides it)."""
+    """What the iterator needs from a dataset (LanguagePairDataset and SpeechDataset provide
+    it). A dataset whose class sets `collates_with_epoch = True` gets `collater(items,
+    epoch=...)` (SpecAugment seeds its masks with the epoch)."""
 
     src_sizes: np.ndarray
     tgt_sizes: Optional[np.ndarray]
@@ -96,10 +98,12 @@ class BatchingParams:
 
 
 class PlannedBatch(NamedTuple):
-    """One batch of a shard's plan: the sample ids, and whether it only pads the shard."""
+    """One batch of a shard's plan: the sample ids, whether it only pads the shard, and the
+    epoch (for datasets whose collation depends on it, e.g. SpecAugment's seeds)."""
 
     indices: np.ndarray
     is_dummy: bool
+    epoch: int = 1
 
 
 class _CollatingDataset:
@@ -117,7 +121,11 @@ class _CollatingDataset:
         return self.dataset[index]
 
     def __getitems__(self, batch: PlannedBatch) -> dict[str, Any]:
-        sample = self.dataset.collater([self.dataset[int(i)] for i in batch.indices])
+        items = [self.dataset[int(i)] for i in batch.indices]
+        if getattr(self.dataset, "collates_with_epoch", False):
+            sample = self.dataset.collater(items, epoch=batch.epoch)  # type: ignore[call-arg]
+        else:
+            sample = self.dataset.collater(items)
         if batch.is_dummy:
             sample["is_dummy"] = True
         return sample
@@ -339,9 +347,11 @@ class EpochBatchIterator:
         batches = self._all_shard_batches(self.params, self._consumed_mask())
         num_shards = self.params.num_shards
         per_shard = -(-len(batches) // num_shards)
-        plan = [PlannedBatch(batch, False) for batch in batches[self.shard_id :: num_shards]]
+        plan = [
+            PlannedBatch(batch, False, self.epoch) for batch in batches[self.shard_id :: num_shards]
+        ]
         while len(plan) < per_shard:
-            plan.append(PlannedBatch(batches[0], True))
+            plan.append(PlannedBatch(batches[0], True, self.epoch))
         return plan
 
     def _current_plan(self) -> list[PlannedBatch]:

@@ -58,8 +58,11 @@ class ValidationGenerationConfig(SearchConfig):
     """Search options for BLEU during training validation (the `generation` group)."""
 
     eval_bleu: bool = False
-    """Translate the validation set at each validation and report sacreBLEU (slower)."""
+    """Translate the validation set at each validation and report sacreBLEU and chrF (slower)."""
+    eval_wer: bool = False
+    """Decode the validation set at each validation and report WER and CER (lower-cased,
+    punctuation removed; for speech recognition)."""
     eval_bleu_print_samples: int = 0
-    """Print this many hypothesis/reference pairs at each BLEU validation."""
+    """Print this many hypothesis/reference pairs at each decoding validation."""
     eval_batch_size: int = 64
-    """Sentences per batch when translating the validation set."""
+    """Sentences per batch when decoding the validation set."""

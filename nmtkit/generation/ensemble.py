@@ -1,12 +1,41 @@
-"""Decodes with one or several models at once, each with its own encoder output and cache."""
+"""Decodes with one or several models at once, each with its own encoder output and cache.
+
+Search asks next-token scorers for log-probabilities and reorders their states with the
+hypotheses (`NextTokenScorer`); the decoder ensemble is one such scorer, and a CTC prefix
+scorer or a language model plug into search the same way.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 from torch import nn
+
+from nmtkit.models.api import capability
+
+
+class NextTokenScorer(Protocol):
+    """What beam search and sampling need from a source of next-token scores."""
+
+    def start(
+        self,
+        net_input: dict[str, torch.Tensor],
+        rows_per_source: int,
+        blocks_stay_together: bool,
+    ) -> None:
+        """Prepares a batch of sources (net_input without prev_output_tokens); every source
+        gets `rows_per_source` consecutive hypothesis rows."""
+
+    def log_probs(self, prev_output_tokens: torch.Tensor) -> torch.Tensor:
+        """(rows, vocab) float32 log-probabilities of the next token of each row."""
+
+    def reorder(self, new_order: torch.Tensor, kept_sources: Optional[torch.Tensor]) -> None:
+        """Row i becomes old row new_order[i]; `kept_sources` when sources left the batch."""
+
+    def max_decoder_positions(self) -> int:
+        """The longest hypothesis this scorer can score."""
 
 
 class EnsembleDecoder:
@@ -36,12 +65,14 @@ class EnsembleDecoder:
 
     def start(
         self,
-        src_tokens: torch.Tensor,
-        src_lengths: torch.Tensor,
+        net_input: dict[str, torch.Tensor],
         rows_per_source: int,
         blocks_stay_together: bool,
     ) -> None:
         """Encodes the batch once per model; rows g*i .. g*i+g-1 read source i (g = rows_per_source).
+
+        net_input: the model's encoder inputs (src_tokens and src_lengths, whatever their
+        shape: token ids for text, (batch, frames, features) for speech).
 
         blocks_stay_together: later reorderings keep each block of g rows inside one old block
         (beam search). Otherwise (sampling, where rows leave one at a time) every row gets its own
@@ -51,9 +82,10 @@ class EnsembleDecoder:
         self.encoder_outs = []
         self.incremental_states = []
         for model in self.models:
-            encoder_out = model.encode(src_tokens, src_lengths)
+            encoder_out = model.encode(**net_input)
             if rows_per_source > 1 and not self._grouped(model):
-                row_sources = torch.arange(src_tokens.size(0), device=src_tokens.device)
+                lengths = net_input["src_lengths"]
+                row_sources = torch.arange(lengths.size(0), device=lengths.device)
                 encoder_out = model.reorder_encoder_out(
                     encoder_out, row_sources.repeat_interleave(rows_per_source)
                 )
@@ -61,7 +93,7 @@ class EnsembleDecoder:
             self.incremental_states.append({})
 
     def _grouped(self, model: nn.Module) -> bool:
-        return self.rows_per_source > 1 and getattr(model, "decodes_grouped_rows", False)
+        return self.rows_per_source > 1 and capability(model, "decodes_grouped_rows")
 
     def log_probs(self, prev_output_tokens: torch.Tensor) -> torch.Tensor:
         """(rows, vocab) float32 log-probabilities of the token after `prev_output_tokens` (rows, t)."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from nmtkit.errors import ConfigError
 from nmtkit.generation.config import SearchConfig
-from nmtkit.generation.ensemble import EnsembleDecoder
+from nmtkit.generation.ensemble import EnsembleDecoder, NextTokenScorer
 from nmtkit.generation.ngram_blocking import block_repeated_ngrams
 
 Hypothesis = dict[str, Any]
@@ -85,18 +85,18 @@ class SequenceGenerator:
         self.unk = unk
         self.bos = bos
         self.vocab_size = vocab_size
-        self.decoder = EnsembleDecoder(list(models), temperature=cfg.temperature)
+        self.decoder: NextTokenScorer = EnsembleDecoder(list(models), temperature=cfg.temperature)
 
     def generate(
         self,
-        src_tokens: torch.Tensor,
-        src_lengths: torch.Tensor,
+        net_input: dict[str, torch.Tensor],
         prefix_tokens: Optional[torch.Tensor] = None,
         seed: Optional[int] = None,
     ) -> list[list[Hypothesis]]:
         """For each sentence in batch order, its `nbest` hypotheses, best first.
 
-        `src_lengths` (including eos) sets each sentence's maximum length. `prefix_tokens`
+        `net_input` holds the encoder inputs (`src_tokens` of any shape, `src_lengths`);
+        `src_lengths` (including eos for text) sets each sentence's maximum length. `prefix_tokens`
         (batch, P) forces the first tokens of each hypothesis (pad where a sentence has nothing
         to force); with `prefix_size` > 0 only its first `prefix_size` columns are used. `seed`
         makes sampling reproducible (None: torch's global generator).
@@ -108,16 +108,17 @@ class SequenceGenerator:
                     f"prefix_size={cfg.prefix_size}: forcing a prefix needs reference targets"
                 )
             prefix_tokens = prefix_tokens[:, : cfg.prefix_size]
+        src_lengths = net_input["src_lengths"]
         with torch.inference_mode():
-            batch_size = src_tokens.size(0)
+            batch_size = src_lengths.size(0)
             finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
             if batch_size == 0:
                 return finished
-            rows = self._start(src_tokens, src_lengths, prefix_tokens)
+            rows = self._start(net_input, prefix_tokens)
             if cfg.sampling:
                 generator = None
                 if seed is not None:
-                    generator = torch.Generator(device=src_tokens.device)
+                    generator = torch.Generator(device=src_lengths.device)
                     generator.manual_seed(seed)
                 self._sample(rows, finished, generator)
             else:
@@ -134,19 +135,17 @@ class SequenceGenerator:
         return results
 
     def _start(
-        self,
-        src_tokens: torch.Tensor,
-        src_lengths: torch.Tensor,
-        prefix_tokens: Optional[torch.Tensor],
+        self, net_input: dict[str, torch.Tensor], prefix_tokens: Optional[torch.Tensor]
     ) -> _Rows:
         """Encodes the batch and builds `beam` rows per sentence."""
         cfg = self.cfg
-        device = src_tokens.device
-        batch_size = src_tokens.size(0)
+        src_lengths = net_input["src_lengths"]
+        device = src_lengths.device
+        batch_size = src_lengths.size(0)
         sentence = torch.arange(batch_size, device=device).repeat_interleave(cfg.beam)
         # Beam search keeps a sentence's beams together; samples leave one by one, so each
         # sampled row gets its own copy of the encoder output.
-        self.decoder.start(src_tokens, src_lengths, cfg.beam, blocks_stay_together=not cfg.sampling)
+        self.decoder.start(net_input, cfg.beam, blocks_stay_together=not cfg.sampling)
         # Per sentence (fairseq uses the padded batch width), so a translation does not depend on
         # the other sentences of its batch; in float64 on the CPU, so it rounds as fairseq's does.
         max_len = torch.floor(cfg.max_len_a * src_lengths.cpu().double() + cfg.max_len_b)

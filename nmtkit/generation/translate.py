@@ -1,8 +1,14 @@
-"""Batches in, detokenized hypotheses out: the one path shared by `nmtkit-generate` and BLEU
-validation during training, so the BLEU a run logs is the BLEU nmtkit-generate reproduces."""
+"""Batches in, detokenized hypotheses out: the one path shared by `nmtkit-generate` and the
+validation metrics during training (BLEU, WER, ...), so the figures a run logs are the ones
+nmtkit-generate + nmtkit-score reproduce.
+
+Encoder-decoder models are searched with beam search or sampling (nmtkit.generation.search);
+encoder-only CTC models (`is_encoder_only`) are decoded greedily frame by frame.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,8 +17,13 @@ import torch
 from torch import nn
 
 from nmtkit.distributed import autocast, move_to_device
+from nmtkit.errors import ConfigError
 from nmtkit.generation.config import SearchConfig
 from nmtkit.generation.search import SequenceGenerator
+from nmtkit.models.api import capability
+
+CTC_BLANK = 0
+"""CTC's blank symbol is the dictionary's <s> (index 0), which never occurs in targets."""
 
 
 @dataclass
@@ -34,7 +45,7 @@ class TranslationResult:
 
 
 def build_generator(task: Any, models: list[nn.Module], search: SearchConfig) -> SequenceGenerator:
-    target = task.tgt_dict
+    target = task.target_dictionary
     return SequenceGenerator(
         models, search, pad=target.pad(), eos=target.eos(), unk=target.unk(),
         bos=target.bos(), vocab_size=len(target),
@@ -43,6 +54,11 @@ def build_generator(task: Any, models: list[nn.Module], search: SearchConfig) ->
 
 def strip_padding(row: torch.Tensor, pad: int) -> list[int]:
     return [token for token in row.tolist() if token != pad]
+
+
+def encoder_input(net_input: dict[str, Any]) -> dict[str, Any]:
+    """What `encode()` takes: the network input without the teacher-forced target."""
+    return {key: value for key, value in net_input.items() if key != "prev_output_tokens"}
 
 
 def translate_batches(
@@ -55,46 +71,97 @@ def translate_batches(
     precision: str = "fp32",
     seed: int | None = None,
 ) -> Iterator[TranslationResult]:
-    """Translates collated samples; yields one result per sentence, in batch order."""
+    """Decodes collated samples; yields one result per input, in batch order."""
     for model in models:
         model.eval()
-    generator = build_generator(task, models, search)
-    pad = task.tgt_dict.pad()
+    encoder_only = [capability(model, "is_encoder_only") for model in models]
+    if any(encoder_only) and not all(encoder_only):
+        raise ConfigError(
+            "checkpoint: an ensemble cannot mix encoder-only CTC models with encoder-decoder ones"
+        )
+    generator = None if all(encoder_only) else build_generator(task, models, search)
+    pad = task.target_dictionary.pad()
     for batch_number, sample in enumerate(batches):
         sample = move_to_device(sample, device)
-        net_input = sample["net_input"]
+        inputs = encoder_input(sample["net_input"])
         target = sample.get("target")
-        prefix = None
-        if search.prefix_size > 0 and target is not None:
-            prefix = target[:, : search.prefix_size]
-        with (
-            torch.inference_mode(),
-            autocast(device, precision),
-        ):
-            outputs = generator.generate(
-                net_input["src_tokens"],
-                net_input["src_lengths"],
-                prefix_tokens=prefix,
-                seed=None if seed is None else seed + batch_number,
-            )
+        with torch.inference_mode(), autocast(device, precision):
+            if generator is None:
+                outputs = ctc_greedy_decode(models, inputs, eos=task.target_dictionary.eos())
+            else:
+                prefix = None
+                if search.prefix_size > 0 and target is not None:
+                    prefix = target[:, : search.prefix_size]
+                outputs = generator.generate(
+                    inputs,
+                    prefix_tokens=prefix,
+                    seed=None if seed is None else seed + batch_number,
+                )
         for row, (sentence_id, hypotheses) in enumerate(zip(sample["id"].tolist(), outputs)):
-            source_ids = strip_padding(net_input["src_tokens"][row], pad)
             reference = None
             if target is not None:
-                reference = task.target_encoder.decode(strip_padding(target[row], pad))
+                reference = task.postprocess(strip_padding(target[row], pad))
+            source, source_pieces = task.describe_source(sample, row)
             yield TranslationResult(
                 id=sentence_id,
-                source=task.source_encoder.decode(source_ids),
-                source_pieces=task.src_dict.string(source_ids),
+                source=source,
+                source_pieces=source_pieces,
                 reference=reference,
                 hypotheses=[
                     Hypothesis(
                         tokens=hypothesis["tokens"].tolist(),
-                        pieces=task.tgt_dict.string(hypothesis["tokens"]),
-                        text=task.target_encoder.decode(hypothesis["tokens"].tolist()),
+                        pieces=task.target_pieces(hypothesis["tokens"].tolist()),
+                        text=task.postprocess(hypothesis["tokens"].tolist()),
                         score=float(hypothesis["score"]),
                         positional_scores=hypothesis["positional_scores"].float().tolist(),
                     )
                     for hypothesis in hypotheses
                 ],
             )
+
+
+def ctc_greedy_decode(
+    models: list[nn.Module], net_input: dict[str, torch.Tensor], *, eos: int
+) -> list[list[dict[str, Any]]]:
+    """Best path of CTC models: the most likely symbol per encoder frame (an ensemble averages
+    the frame probabilities), repeats merged, blanks removed, eos appended as search does.
+
+    score: the best path's log-probability per output token (eos counted), like beam search's
+    length-normalised scores; positional_scores: the best log-probability of the frame where
+    each token was emitted.
+    """
+    per_model, lengths = [], None
+    for model in models:
+        log_probs, model_lengths = model.ctc_log_probs(model.encode(**net_input))
+        if lengths is not None and not torch.equal(lengths, model_lengths):
+            raise ConfigError("checkpoint: CTC ensemble members subsample the audio differently")
+        per_model.append(log_probs.float())
+        lengths = model_lengths
+    assert lengths is not None
+    if len(per_model) == 1:
+        log_probs = per_model[0]
+    else:
+        log_probs = torch.logsumexp(torch.stack(per_model), dim=0) - math.log(len(per_model))
+    best_scores, best = log_probs.max(dim=-1)
+    results = []
+    for row in range(best.size(0)):
+        frames = int(lengths[row])
+        path, path_scores = best[row, :frames].tolist(), best_scores[row, :frames]
+        tokens, scores, previous = [], [], CTC_BLANK
+        for frame, symbol in enumerate(path):
+            if symbol != previous and symbol != CTC_BLANK:
+                tokens.append(symbol)
+                scores.append(float(path_scores[frame]))
+            previous = symbol
+        total = float(path_scores.sum())
+        results.append(
+            [
+                {
+                    "tokens": torch.tensor([*tokens, eos], dtype=torch.long),
+                    "score": total / (len(tokens) + 1),
+                    "positional_scores": torch.tensor([*scores, 0.0]),
+                    "alignment": None,
+                }
+            ]
+        )
+    return results

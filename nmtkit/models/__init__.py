@@ -1,19 +1,10 @@
-"""Model registry. Model files import torch and their config only; they are registered here.
+"""Model registry. Model files import torch, nmtkit.modules and their own config only; they are
+registered here.
 
-Every model implements the encoder-decoder API used by the criterions and by generation:
-    forward(src_tokens, src_lengths, prev_output_tokens, output_positions=None)
-        -> logits (batch, tgt_len, vocab); with output_positions (flat indices into
-        batch * tgt_len), logits (len(output_positions), vocab) for those positions only.
-        The criterions pass the non-padding positions, so no output projection is spent on
-        padding; a model whose forward lacks the argument still works (full logits).
-    encode(src_tokens, src_lengths) -> encoder output (dict of tensors)
-    decode(prev_output_tokens, encoder_out, incremental_state=None) -> logits
-    reorder_encoder_out(encoder_out, new_order), reorder_incremental_state(state, new_order)
-    max_decoder_positions() -> int
-Optional: a class attribute `decodes_grouped_rows = True` declares that decode() accepts
-g * batch rows for an encoder output of batch sources (rows g*i .. g*i+g-1 read source i) and
-that reorder_incremental_state handles such rows; beam search then keeps one encoder output per
-sentence instead of one per beam. Without it, generation repeats the encoder output per row.
+What criterions and generation may call on a model, and the capability flags a model declares
+(`supports_output_positions`, `decodes_grouped_rows`, `supports_ctc`, `is_encoder_only`), are
+written as code in nmtkit.models.api: the `EncoderDecoderModel` and `CtcModel` protocols and
+`capability(model, name)`.
 """
 
 from __future__ import annotations
@@ -25,19 +16,25 @@ from nmtkit.registry import Registry
 MODELS: Registry[nn.Module] = Registry("model", nn.Module)
 register_model = MODELS.register
 
-from nmtkit.models.transformer import (  # noqa: E402  (registration needs MODELS above)
+from nmtkit.models.s2t_transformer import (  # noqa: E402  (registration needs MODELS above)
+    PRESETS as S2T_TRANSFORMER_PRESETS,
+)
+from nmtkit.models.s2t_transformer import (  # noqa: E402
+    S2TTransformerConfig,
+    S2TTransformerModel,
+)
+from nmtkit.models.transformer import (  # noqa: E402
+    PRESETS as TRANSFORMER_PRESETS,
+)
+from nmtkit.models.transformer import (  # noqa: E402
     TransformerConfig,
     TransformerModel,
-    transformer_base,
-    transformer_big,
-    transformer_iwslt_de_en,
-    transformer_small,
-    transformer_tiny,
 )
 
 MODELS.register("transformer", TransformerConfig)(TransformerModel)
-MODELS.register_preset("transformer_tiny", "transformer", transformer_tiny)
-MODELS.register_preset("transformer_small", "transformer", transformer_small)
-MODELS.register_preset("transformer_iwslt_de_en", "transformer", transformer_iwslt_de_en)
-MODELS.register_preset("transformer_base", "transformer", transformer_base)
-MODELS.register_preset("transformer_big", "transformer", transformer_big)
+for _name, _make_config in TRANSFORMER_PRESETS.items():
+    MODELS.register_preset(_name, "transformer", _make_config)
+
+MODELS.register("s2t_transformer", S2TTransformerConfig)(S2TTransformerModel)
+for _name, _make_config in S2T_TRANSFORMER_PRESETS.items():
+    MODELS.register_preset(_name, "s2t_transformer", _make_config)

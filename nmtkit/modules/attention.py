@@ -6,7 +6,8 @@ with one fused matrix; encoder-decoder attention projects the query alone and ke
 one fused matrix, so each costs one matrix multiplication fewer than three separate projections.
 
 Incremental decoding: the caller passes the same dict on every step. Each attention module keeps
-its entry under its `cache_name` (unique within a model, e.g. "decoder.layers.0.self_attn"):
+its entry under its `cache_name`, unique per module instance (derived from the instance unless
+given explicitly), so layers built with default arguments never share a cache entry:
   self-attention:          {"key", "value"}: (batch, heads, steps so far, head_dim), grown
                            per step;
   encoder-decoder attention: {"key", "value"}: (batch, heads, source_len, head_dim) and
@@ -132,7 +133,7 @@ class MultiheadAttention(nn.Module):
         dropout: float = 0.0,
         encoder_decoder: bool = False,
         key_value_dim: Optional[int] = None,
-        cache_name: str = "attention",
+        cache_name: Optional[str] = None,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads != 0:
@@ -142,7 +143,7 @@ class MultiheadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
         self.encoder_decoder = encoder_decoder
-        self.cache_name = cache_name
+        self._cache_name = cache_name
         if encoder_decoder:
             self.q_proj = nn.Linear(embed_dim, embed_dim)
             self.kv_proj = nn.Linear(key_value_dim or embed_dim, 2 * embed_dim)
@@ -154,6 +155,18 @@ class MultiheadAttention(nn.Module):
             self.qkv_proj = nn.Linear(embed_dim, 3 * embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.reset_parameters()
+
+    @property
+    def cache_name(self) -> str:
+        """This module's key in an incremental-decoding dict.
+
+        Without an explicit name it is derived from the instance's id when read, so every live
+        module has its own, copies included (copy.deepcopy gives a copy a new id, where a
+        name stored at construction would be duplicated with it).
+        """
+        if self._cache_name is not None:
+            return self._cache_name
+        return f"{type(self).__name__}@{id(self):x}"
 
     def reset_parameters(self) -> None:
         """fairseq's initialisation, applied to each D x D block of the fused projections.

@@ -19,6 +19,17 @@ def make_positions(tokens: torch.Tensor, padding_idx: int) -> torch.Tensor:
     return (torch.cumsum(not_pad, dim=1).type_as(not_pad) * not_pad).long() + padding_idx
 
 
+def positions_from_lengths(
+    lengths: torch.Tensor, max_length: int, padding_idx: int
+) -> torch.Tensor:
+    """(batch, max_length) positions of right-padded sequences with `lengths` real steps:
+    padding_idx + 1, + 2, ... on the real steps and padding_idx after them (as make_positions
+    gives for tokens), for inputs that have no pad id, such as speech frames."""
+    steps = torch.arange(max_length, device=lengths.device).unsqueeze(0)
+    real = steps < lengths.unsqueeze(1)
+    return torch.where(real, steps + padding_idx + 1, padding_idx)
+
+
 def sinusoidal_table(num_positions: int, embedding_dim: int, padding_idx: int) -> torch.Tensor:
     """(num_positions, embedding_dim) table: sines in the first half, cosines in the second.
 
@@ -50,13 +61,21 @@ class SinusoidalPositionalEmbedding(nn.Module):
         table = sinusoidal_table(max_positions + padding_idx + 1, embedding_dim, padding_idx)
         self.register_buffer("table", table, persistent=False)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """(batch, len) tokens -> (batch, len, dim); `positions` overrides make_positions(tokens)."""
+    def forward(
+        self, tokens: torch.Tensor | None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(batch, len) tokens -> (batch, len, dim); `positions` overrides make_positions(tokens).
+
+        `tokens` may be None when `positions` number whole sequences (positions_from_lengths).
+        """
         if positions is None:
+            if tokens is None:
+                raise ValueError("positional embedding needs tokens or positions")
             positions = make_positions(tokens, self.padding_idx)
         # The largest position is at most padding_idx + len, known without reading the tensor
         # (no device synchronisation).
-        needed_rows = self.padding_idx + tokens.size(1) + 1
+        length = tokens.size(1) if tokens is not None else positions.size(1)
+        needed_rows = self.padding_idx + length + 1
         if needed_rows > self.table.size(0):
             table = sinusoidal_table(needed_rows, self.embedding_dim, self.padding_idx)
             self.table = table.to(device=self.table.device, dtype=self.table.dtype)
@@ -73,9 +92,13 @@ class LearnedPositionalEmbedding(nn.Embedding):
         with torch.no_grad():
             self.weight[padding_idx].zero_()
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor | None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(batch, len) tokens -> (batch, len, dim); `positions` overrides make_positions(tokens)."""
         if positions is None:
+            if tokens is None:
+                raise ValueError("positional embedding needs tokens or positions")
             positions = make_positions(tokens, self.padding_idx)
         return super().forward(positions)
 

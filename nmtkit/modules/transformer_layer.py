@@ -93,8 +93,8 @@ class TransformerEncoderLayer(_ResidualBlock):
 class TransformerDecoderLayer(_ResidualBlock):
     """Causal self-attention, attention over the encoder output, then a feed-forward block.
 
-    `cache_prefix` names this layer's entries in the incremental-decoding dict
-    ("<prefix>.self_attn" and "<prefix>.encoder_attn").
+    Each attention module keeps its own entry in the incremental-decoding dict, under a key
+    unique to the module instance (nmtkit.modules.attention).
     """
 
     def __init__(
@@ -109,17 +109,11 @@ class TransformerDecoderLayer(_ResidualBlock):
         activation_dropout: float = 0.0,
         activation_fn: str = "relu",
         normalize_before: bool = False,
-        cache_prefix: str = "decoder.layer",
     ) -> None:
         super().__init__()
         self.normalize_before = normalize_before
         self.dropout = dropout
-        self.self_attn = MultiheadAttention(
-            embed_dim,
-            num_heads,
-            dropout=attention_dropout,
-            cache_name=f"{cache_prefix}.self_attn",
-        )
+        self.self_attn = MultiheadAttention(embed_dim, num_heads, dropout=attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(embed_dim)
         self.encoder_attn = MultiheadAttention(
             embed_dim,
@@ -127,7 +121,6 @@ class TransformerDecoderLayer(_ResidualBlock):
             dropout=attention_dropout,
             encoder_decoder=True,
             key_value_dim=encoder_embed_dim or embed_dim,
-            cache_name=f"{cache_prefix}.encoder_attn",
         )
         self.encoder_attn_layer_norm = nn.LayerNorm(embed_dim)
         self.ffn = FeedForward(embed_dim, ffn_dim, activation_fn, activation_dropout)

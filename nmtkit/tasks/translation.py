@@ -8,25 +8,23 @@ Several directories separated by `:` are visited round-robin, one per epoch.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 from torch import nn
 
-from nmtkit import distributed
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.indexed_dataset import MMapIndexedDataset, dataset_exists
+from nmtkit.data.input_lines import read_line_chunks
 from nmtkit.data.iterators import EpochBatchIterator
 from nmtkit.data.language_pair_dataset import LanguagePairDataset
 from nmtkit.data.text_encoder import TextEncoder
 from nmtkit.errors import ConfigError, DataError
-from nmtkit.generation.translate import translate_batches
 from nmtkit.models import MODELS
 from nmtkit.registry import ComponentConfig
-from nmtkit.scoring import score_corpus
 from nmtkit.tasks.base import Task, register_task
 
 
@@ -136,6 +134,10 @@ class TranslationTask(Task):
         }
 
     @property
+    def target_dictionary(self) -> Dictionary:
+        return self.tgt_dict
+
+    @property
     def padding_idx(self) -> int:
         return self.src_dict.pad()
 
@@ -153,7 +155,9 @@ class TranslationTask(Task):
             padding_idx=self.padding_idx,
         )
 
-    def load_dataset(self, split: str, epoch: int = 1) -> LanguagePairDataset:
+    def load_dataset(
+        self, split: str, epoch: int = 1, training: bool = False
+    ) -> LanguagePairDataset:
         """Split `split` of the data directory for this epoch (round-robin over dirs)."""
         if not self.data_dirs:
             raise ConfigError("task.data: this needs the data directory")
@@ -186,87 +190,29 @@ class TranslationTask(Task):
         shard_id: int = 0,
         training: bool = True,
     ) -> Any:
-        """Batches of `split`, length-bucketed, filtered to the model's maximum positions."""
-        max_positions = (
-            getattr(model_cfg, "max_source_positions", None),
-            getattr(model_cfg, "max_target_positions", None),
-        )
+        """As Task.batch_iterator; with several data directories, training visits them
+        round-robin, one per epoch."""
 
         def make_iterator(split_epoch: int) -> EpochBatchIterator:
-            return EpochBatchIterator(
-                self.load_dataset(split, split_epoch),
-                max_tokens=dataset_cfg.max_tokens if training else (
-                    dataset_cfg.max_tokens_valid or dataset_cfg.max_tokens
-                ),
-                batch_size=dataset_cfg.batch_size if training else (
-                    dataset_cfg.batch_size_valid or dataset_cfg.batch_size
-                ),
-                required_batch_size_multiple=dataset_cfg.required_batch_size_multiple,
-                seed=seed,
-                num_shards=num_shards,
-                shard_id=shard_id,
-                num_workers=dataset_cfg.num_workers,
-                shuffle=training,
-                max_positions=None if None in max_positions else max_positions,
-                skip_invalid_size_inputs=dataset_cfg.skip_invalid_size_inputs,
-                epoch=split_epoch,
+            return self.epoch_batch_iterator(
+                self.load_dataset(split, split_epoch), dataset_cfg, model_cfg=model_cfg,
+                epoch=split_epoch, seed=seed, num_shards=num_shards, shard_id=shard_id,
+                training=training,
             )  # fmt: skip
 
         if training and len(self.data_dirs) > 1:
             return RoundRobinIterator(make_iterator, epoch)
         return make_iterator(epoch)
 
-    # --- validation ----------------------------------------------------------------------------
-    def validate(
-        self, model: nn.Module, criterion: nn.Module, cfg: Any, context: Any, logger: Any
-    ) -> dict[str, float]:
-        """Validation loss on the first valid subset; BLEU too when generation.eval_bleu."""
-        split = cfg.dataset.valid_subset.split(",")[0]
-        iterator = self.batch_iterator(
-            split, cfg.dataset, model_cfg=cfg.model, epoch=1, seed=cfg.common.seed,
-            num_shards=context.world_size, shard_id=context.rank, training=False,
-        )  # fmt: skip
-        device = context.device
-        sums: dict[str, float] = {}
-        # Dummy batches only keep DDP ranks in step; counting them would count sentences twice.
-        batches = [b for b in iterator.next_epoch_itr() if not b.get("is_dummy")]
-        for sample in batches:
-            sample = distributed.move_to_device(sample, device)
-            with distributed.autocast(device, cfg.common.precision):
-                _, _, logging_output = self.valid_step(model, criterion, sample)
-            for key, value in logging_output.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-        keys = sorted(sums)
-        totals = distributed.all_reduce_sum(
-            torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device), context
-        )
-        stats = {
-            k: float(v)
-            for k, v in criterion.reduce_metrics([dict(zip(keys, totals.tolist()))]).items()
-        }
-        if cfg.generation.eval_bleu:
-            stats["bleu"] = self._validation_bleu(model, batches, cfg, context, logger)
-        return stats
-
-    def _validation_bleu(
-        self, model: nn.Module, batches: list[dict], cfg: Any, context: Any, logger: Any
-    ) -> float:
-        """BLEU through the same translate/decode/score path as nmtkit-generate + nmtkit-score."""
-        results = translate_batches(
-            self, [distributed.unwrap_model(model)], cfg.generation, batches,
-            device=context.device, precision=cfg.common.precision,
-        )  # fmt: skip
-        pairs = [(r.id, r.hypotheses[0].text, r.reference) for r in results]
-        gathered = [p for part in distributed.all_gather_objects(pairs, context) for p in part]  # type: ignore[union-attr]
-        gathered.sort(key=lambda item: item[0])
-        hypotheses = [h for _, h, _ in gathered]
-        references = [r for _, _, r in gathered]
-        for _, hypothesis, reference in gathered[: cfg.generation.eval_bleu_print_samples]:
-            logger.info(f"  H: {hypothesis}\n  R: {reference}")
-        return score_corpus(hypotheses, [references], ["bleu"])["bleu"].score
-
     # --- inference -------------------------------------------------------------------------------
-    def inference_dataset(self, lines: list[str]) -> LanguagePairDataset:
+    def read_inference_inputs(self, path: str | None, buffer_size: int) -> Iterator[list[str]]:
+        """Raw source lines (a file, or stdin translated as lines arrive)."""
+        return read_line_chunks(path, buffer_size)
+
+    def is_empty_input(self, item: str) -> bool:
+        return not item.strip()
+
+    def inference_dataset(self, lines: Sequence[str]) -> LanguagePairDataset:
         """Raw source lines -> a source-only dataset, encoded with the model's SentencePiece."""
         sequences = [
             np.asarray(ids, dtype=np.int64) for ids in self.source_encoder.encode_batch(lines)
@@ -274,6 +220,37 @@ class TranslationTask(Task):
         return LanguagePairDataset(
             TokenArrays(sequences), self.src_dict, left_pad_source=self.cfg.left_pad_source
         )
+
+    def inference_data_split(self, data_dir: Path, split: str) -> LanguagePairDataset:
+        """A binarized split of another data directory, checked against our dictionaries."""
+        for lang, dictionary in (
+            (self.source_lang, self.src_dict),
+            (self.target_lang, self.tgt_dict),
+        ):
+            if Dictionary.load(data_dir / f"dict.{lang}.txt") != dictionary:
+                raise DataError(
+                    f"data={data_dir}: dict.{lang}.txt differs from the checkpoint's dictionary; "
+                    "binarize with srcdict/tgtdict from the training data, or translate raw text"
+                )
+        self.data_dirs = [data_dir]
+        return self.load_dataset(split)
+
+    def describe_source(self, sample: dict[str, Any], row: int) -> tuple[str, str]:
+        source_ids = [
+            t for t in sample["net_input"]["src_tokens"][row].tolist() if t != self.padding_idx
+        ]
+        return self.source_encoder.decode(source_ids), self.src_dict.string(source_ids)
+
+    def postprocess(self, tokens: Sequence[int]) -> str:
+        return self.target_encoder.decode(list(tokens))
+
+    def compatible_with(self, other: Task) -> Optional[str]:
+        if not isinstance(other, TranslationTask) or (other.src_dict, other.tgt_dict) != (
+            self.src_dict,
+            self.tgt_dict,
+        ):
+            return "its dictionaries differ"
+        return None
 
 
 class RoundRobinIterator:

@@ -99,7 +99,7 @@ def test_experiment_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_help_lists_groups_and_documented_settings(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--help", "model=transformer_tiny"], capsys)
     assert code == 0
-    assert "model: transformer" in out and "transformer_big" in out
+    assert "model: s2t_transformer, " in out and "transformer_big" in out
     assert "model.encoder_layers=1" in out
     assert "# Seed for python, numpy and torch" in out
 

@@ -340,7 +340,7 @@ def test_interrupted_run_leaves_no_destdir(
         calls.append(real_binarize(*args, **kwargs))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("nmtkit.preprocess.binarize_parallel_text", binarize_then_interrupt)
+    monkeypatch.setattr("nmtkit.preprocess.text.binarize_parallel_text", binarize_then_interrupt)
     cfg = PreprocessConfig(
         source_lang="de",
         target_lang="en",

@@ -126,6 +126,36 @@ def test_encoder_decoder_keys_are_computed_once_and_reordered() -> None:
     torch.testing.assert_close(reordered, expected, atol=1e-6, rtol=1e-6)
 
 
+def test_layers_built_with_defaults_keep_separate_caches() -> None:
+    """Two decoder layers with default arguments share one incremental-state dict without
+    reading each other's keys and values."""
+    from nmtkit.modules.transformer_layer import TransformerDecoderLayer
+
+    layers = [
+        TransformerDecoderLayer(EMBED_DIM, 2 * EMBED_DIM, HEADS, dropout=0.0).eval()
+        for _ in range(2)
+    ]
+    names = {
+        attention.cache_name
+        for layer in layers
+        for attention in (layer.self_attn, layer.encoder_attn)
+    }
+    assert len(names) == 4
+    x, memory = torch.randn(2, 4, EMBED_DIM), torch.randn(2, 5, EMBED_DIM)
+
+    def run(inputs: torch.Tensor, state: dict | None) -> torch.Tensor:
+        for layer in layers:
+            inputs = layer(inputs, memory, incremental_state=state)
+        return inputs
+
+    with torch.no_grad():
+        full = run(x, None)
+        state: dict = {}
+        steps = [run(x[:, step : step + 1], state) for step in range(x.size(1))]
+    assert set(state) == names
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
 def test_heads_must_divide_width() -> None:
     with pytest.raises(ValueError, match="divisible"):
         MultiheadAttention(10, 3)

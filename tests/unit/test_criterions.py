@@ -237,7 +237,7 @@ def test_fused_loss_gradient_equals_autograd(epsilon: float, dtype: torch.dtype)
 
 
 class FullLogitsTransformer(nn.Module):
-    """A transformer behind the older model API: forward without `output_positions`."""
+    """A transformer behind a model that does not declare `supports_output_positions`."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -252,7 +252,7 @@ class FullLogitsTransformer(nn.Module):
 def test_skipping_padding_in_the_projection_changes_nothing(
     ignore_prefix_size: int, with_collated_positions: bool
 ) -> None:
-    from nmtkit.criterions.cross_entropy import accepts_output_positions
+    from nmtkit.models.api import capability
     from nmtkit.models.transformer import TransformerModel, transformer_tiny
 
     torch.manual_seed(0)
@@ -271,7 +271,8 @@ def test_skipping_padding_in_the_projection_changes_nothing(
         PAD,
     )
     wrapped = FullLogitsTransformer(model)
-    assert accepts_output_positions(model) and not accepts_output_positions(wrapped)
+    assert capability(model, "supports_output_positions")
+    assert not capability(wrapped, "supports_output_positions")
 
     results = []
     for runner in (model, wrapped):

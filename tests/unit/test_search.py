@@ -174,7 +174,9 @@ def translate(models: list[nn.Module], sources: list[list[int]], **options: Any)
     seed = options.pop("seed", None)
     prefix = options.pop("prefix_tokens", None)
     src_tokens, src_lengths = left_padded(sources)
-    return generator_for(models, **options).generate(src_tokens, src_lengths, prefix, seed=seed)
+    return generator_for(models, **options).generate(
+        {"src_tokens": src_tokens, "src_lengths": src_lengths}, prefix, seed=seed
+    )
 
 
 def assert_same_hypotheses(first: list, second: list, tolerance: float = 1e-4) -> None:
@@ -556,7 +558,9 @@ TRANSFORMER_SOURCES = [
 
 def transformer_translate(models: list[nn.Module], sources: list[list[int]], **options: Any):
     src_tokens, src_lengths = left_padded(sources)
-    return transformer_generator(models, **options).generate(src_tokens, src_lengths)
+    return transformer_generator(models, **options).generate(
+        {"src_tokens": src_tokens, "src_lengths": src_lengths}
+    )
 
 
 @pytest.mark.parametrize("normalize_before", [False, True], ids=["post_norm", "pre_norm"])

@@ -192,9 +192,10 @@ def test_incremental_decoding_matches_full_recomputation(variant: dict) -> None:
             full = model(src_tokens, src_lengths, prefix[:, :step])
             assert incremental.shape == (3, 1, VOCAB)
             torch.testing.assert_close(incremental[:, 0], full[:, -1], atol=1e-5, rtol=0)
-    # One self-attention and one encoder-attention entry per decoder layer, named by layer.
-    assert sorted(state) == ["decoder.layers.0.encoder_attn", "decoder.layers.0.self_attn"]
-    assert state["decoder.layers.0.self_attn"]["key"].shape == (3, 2, prefix.size(1), 8)
+    # One self-attention and one encoder-attention entry per decoder layer, each module's own.
+    layer = model.decoder.layers[0]
+    assert set(state) == {layer.self_attn.cache_name, layer.encoder_attn.cache_name}
+    assert state[layer.self_attn.cache_name]["key"].shape == (3, 2, prefix.size(1), 8)
 
 
 def test_reordering_can_drop_and_repeat_rows() -> None:

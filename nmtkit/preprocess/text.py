@@ -1,4 +1,4 @@
-"""Raw parallel text -> binarized data directory (what `nmtkit-preprocess` runs).
+"""Raw parallel text -> binarized data directory (`nmtkit-preprocess task=translation`).
 
 Steps, each streaming over the files so memory stays flat:
   1. check the inputs (present, UTF-8, aligned line counts) and hash them;
@@ -13,19 +13,13 @@ never leaves a `destdir` that looks complete.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import hashlib
 import json
 import logging
 import re
 import shutil
-import uuid
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
-
-import sentencepiece
 
 from nmtkit.data.binarizer import (
     SplitStats,
@@ -40,6 +34,8 @@ from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.indexed_dataset import best_token_dtype
 from nmtkit.data.text_encoder import PREPROCESS_JSON, TextEncoder, load_sentencepiece
 from nmtkit.errors import ConfigError, DataError
+from nmtkit.preprocess import staging as staging_folder
+from nmtkit.preprocess.subwords import build_dictionary, train_sentencepiece
 from nmtkit.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -48,16 +44,6 @@ FORMAT_VERSION = 1
 BPE_TYPES = ("sentencepiece", "none")
 BPE_MODEL_TYPES = ("unigram", "bpe")
 TASKS = ("translation",)
-# What an nmtkit or fairseq data directory holds; overwrite=true replaces only such folders.
-DATA_DIRECTORY_FILES = (
-    PREPROCESS_JSON,
-    "preprocess.log",
-    "dict.*.txt",
-    "*.bin",
-    "*.idx",
-    "*.model",
-    "*.vocab",
-)
 # Settings that do not change what is written (paths are replaced by their files' hashes).
 _NOT_FINGERPRINTED = (
     "destdir",
@@ -77,7 +63,7 @@ class PreprocessConfig:
     """Settings of `nmtkit-preprocess`: raw parallel text in, binarized data directory out."""
 
     task: str = "translation"
-    """What to prepare; `translation` (line-aligned parallel text) is the only task for now."""
+    """What to prepare: `translation` (line-aligned parallel text) here; see `--help` of other tasks."""
     source_lang: Optional[str] = None
     """Source language, the suffix of the source files (`RAW/train.de` for `de`)."""
     target_lang: Optional[str] = None
@@ -204,14 +190,9 @@ def preprocess(cfg: PreprocessConfig) -> Path:
     reused = _scan_reused_files(cfg)
     fingerprint = _fingerprint(cfg, inputs, reused)
     destdir = Path(cfg.destdir)
-    _check_destination(destdir, fingerprint, cfg.overwrite)
-
-    location = destdir.resolve()  # `destdir=.` has no name to build a sibling's from
-    location.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden sibling on the same file system, so the final rename is atomic; mkdir (not
-    # mkdtemp) so the folder gets the usual permissions.
-    staging = location.with_name(f".{location.name}.tmp-{uuid.uuid4().hex[:12]}")
-    staging.mkdir()
+    staging_folder.check_destination(destdir, fingerprint, cfg.overwrite)
+    location = staging_folder.resolved_destination(destdir)
+    staging = staging_folder.new_staging_folder(location)
     try:
         models, model_files = _sentencepiece_models(cfg, languages, inputs, staging)
         dictionaries = _dictionaries(cfg, languages, inputs, models, staging)
@@ -243,7 +224,7 @@ def preprocess(cfg: PreprocessConfig) -> Path:
         (staging / PREPROCESS_JSON).write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        _move_into_place(staging, location)
+        staging_folder.move_into_place(staging, location)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -315,62 +296,9 @@ def _fingerprint(
         for lang, info in files.items()
     }
     hashes.update({key: info.sha256 for key, info in reused.items()})
-    content = {"format_version": FORMAT_VERSION, "inputs": hashes, "settings": settings}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-# ---- destination ---------------------------------------------------------------------------
-def _check_destination(destdir: Path, fingerprint: str, overwrite: bool) -> None:
-    if not destdir.exists():
-        return
-    if not destdir.is_dir():
-        raise DataError(f"destdir={destdir}: exists and is not a folder")
-    entries = sorted(destdir.iterdir())
-    if not entries:
-        return
-    if not overwrite:
-        if _previous_fingerprint(destdir) == fingerprint:
-            raise DataError(
-                f"destdir={destdir} already exists, built from the same inputs and settings; "
-                "pass overwrite=true to rebuild it"
-            )
-        raise DataError(
-            f"destdir={destdir} already exists and holds other data; "
-            "pass overwrite=true to replace it"
-        )
-    foreign = [
-        entry.name
-        for entry in entries
-        if not (
-            entry.is_file()
-            and any(fnmatch.fnmatch(entry.name, pattern) for pattern in DATA_DIRECTORY_FILES)
-        )
-    ]
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise DataError(
-            f"destdir={destdir}: not replaced although overwrite=true, because it holds what "
-            f"nmtkit-preprocess does not write ({shown}); choose another destdir"
-        )
-
-
-def _previous_fingerprint(destdir: Path) -> str | None:
-    try:
-        return json.loads((destdir / PREPROCESS_JSON).read_text(encoding="utf-8")).get(
-            "fingerprint"
-        )
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _move_into_place(staging: Path, destdir: Path) -> None:
-    previous = None
-    if destdir.exists():
-        previous = destdir.with_name(f".{destdir.name}.old-{uuid.uuid4().hex[:8]}")
-        destdir.rename(previous)
-    staging.rename(destdir)
-    if previous is not None:
-        shutil.rmtree(previous)
+    return staging_folder.fingerprint(
+        {"format_version": FORMAT_VERSION, "inputs": hashes, "settings": settings}
+    )
 
 
 # ---- SentencePiece -------------------------------------------------------------------------
@@ -414,48 +342,18 @@ def _train_sentencepiece(
         written,
         described,
     )
-    sentencepiece.set_random_generator_seed(cfg.seed)
     try:
-        sentencepiece.SentencePieceTrainer.train(
-            input=str(sample_path),
-            model_prefix=str(model_prefix),
+        return train_sentencepiece(
+            sample_path,
+            Path(f"{model_prefix}.model"),
             vocab_size=cfg.bpe_vocab_size,
             model_type=cfg.bpe_model_type,
             character_coverage=cfg.bpe_character_coverage,
-            input_sentence_size=0,  # the sample above is the whole training input
-            # One thread: multi-threaded training gives a different model for another thread
-            # count, and the same inputs must give the same data directory on any machine.
-            num_threads=1,
-            pad_id=-1,  # padding is the dictionary's business, not a piece
-            minloglevel=2,
+            seed=cfg.seed,
+            described=described,
         )
-    except RuntimeError as error:
-        raise _sentencepiece_error(cfg, described, str(error)) from None
     finally:
         sample_path.unlink(missing_ok=True)
-    Path(f"{model_prefix}.vocab").unlink(missing_ok=True)
-    return Path(f"{model_prefix}.model").read_bytes()
-
-
-def _sentencepiece_error(cfg: PreprocessConfig, described: str, message: str) -> Exception:
-    too_high = re.search(
-        r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message
-    )
-    if too_high:
-        return ConfigError(
-            f"bpe_vocab_size={cfg.bpe_vocab_size}: the training text ({described}) supports at "
-            f"most {too_high.group(1)} SentencePiece pieces; set bpe_vocab_size<={too_high.group(1)}"
-            " or give more training text"
-        )
-    too_small = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
-    if too_small:
-        return ConfigError(
-            f"bpe_vocab_size={cfg.bpe_vocab_size}: smaller than the {too_small.group(1)} "
-            f"characters and symbols the training text needs; set bpe_vocab_size>="
-            f"{too_small.group(1)} or lower bpe_character_coverage"
-        )
-    detail = message.strip().splitlines()[-1] if message.strip() else "unknown error"
-    return DataError(f"SentencePiece training on {described} failed: {detail}")
 
 
 # ---- dictionaries --------------------------------------------------------------------------
@@ -507,33 +405,15 @@ def _dictionaries(
     for lang in missing:
         if not counts[lang]:
             raise DataError(f"{train[lang].path}: no tokens to build a dictionary from")
-        dictionaries[lang] = _build_dictionary(counts[lang], models[lang], cfg)
+        dictionaries[lang] = build_dictionary(
+            counts[lang],
+            models[lang],
+            threshold=cfg.threshold,
+            nwords=cfg.nwords,
+            padding_factor=cfg.padding_factor,
+        )
         dictionaries[lang].save(staging / f"dict.{lang}.txt")
     return dictionaries
-
-
-def _build_dictionary(
-    counts: Counter[str], spm_model_proto: bytes | None, cfg: PreprocessConfig
-) -> Dictionary:
-    dictionary = Dictionary()
-    dictionary.add_counts(counts)
-    if spm_model_proto is not None:
-        # Pieces the training text never produced can still appear in valid/test text: give
-        # every normal piece an entry (count 0, so they sort last) rather than <unk>.
-        processor = load_sentencepiece(spm_model_proto)
-        for piece_id in range(processor.get_piece_size()):
-            if not (
-                processor.is_control(piece_id)
-                or processor.is_unknown(piece_id)
-                or processor.is_unused(piece_id)
-            ):
-                piece = processor.id_to_piece(piece_id)
-                if piece not in dictionary:
-                    dictionary.add_symbol(piece, 0)
-    dictionary.finalize(
-        threshold=cfg.threshold, nwords=cfg.nwords, padding_factor=cfg.padding_factor
-    )
-    return dictionary
 
 
 # ---- preprocess.json -----------------------------------------------------------------------
@@ -598,3 +478,19 @@ def _manifest(
         "splits": splits,
         "config": dataclasses.asdict(cfg),
     }
+
+
+def summary(manifest: dict[str, Any], elapsed_seconds: float) -> str:
+    """A few lines on what preprocess.json records: pairs per split, vocabularies, unk rates."""
+    languages = (manifest["source_lang"], manifest["target_lang"])
+    sizes = manifest["vocab_sizes"]
+    joined = " (joined)" if manifest["joined_dictionary"] else ""
+    lines = [
+        f"wrote {manifest['config']['destdir']} in {elapsed_seconds:.1f} s",
+        "  dictionaries: " + ", ".join(f"{lang} {sizes[lang]}" for lang in languages) + joined,
+    ]
+    for split, entry in manifest["splits"].items():
+        dropped = sum(entry["dropped"].values())
+        unk = " / ".join(f"{lang} {100 * entry[lang]['unk_rate']:.2f}%" for lang in languages)
+        lines.append(f"  {split}: {entry['pairs']} pairs ({dropped} dropped), unk {unk}")
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Speech recognition and speech translation end to end on CPU:
+# preprocess -> train -> generate (from the raw audio manifest) -> score.
+#   bash examples/speech_to_text/run.sh ../shared/data/speech        (outputs in examples/speech_to_text/work/)
+#   TASKS=asr bash examples/speech_to_text/run.sh SPEECH_DIR          (only ASR; TASKS=st only ST)
+# SPEECH_DIR holds train.tsv, valid.tsv, test.tsv (header: id audio n_samples speaker src_text
+# tgt_text) and the audio they name. Extra arguments are passed to nmtkit-train.
+set -euo pipefail
+if [ $# -lt 1 ]; then
+  echo "usage: bash $0 SPEECH_DIR [nmtkit-train settings ...]" >&2
+  exit 2
+fi
+SPEECH=$1
+shift
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=${WORK:-$HERE/work}
+TASKS=${TASKS:-"asr st"}
+mkdir -p "$WORK"
+
+for task in $TASKS; do
+  if [ "$task" = asr ]; then
+    target=src_text; extra=(bpe_vocab_size=256); metrics='metrics=[wer,cer]'; column=5
+  else
+    target=tgt_text; extra=(bpe_vocab_size=1000 ctc_source=src_text); metrics='metrics=[bleu,chrf]'; column=6
+  fi
+  nmtkit-preprocess task=speech_to_text train="$SPEECH/train.tsv" valid="$SPEECH/valid.tsv" \
+      test="$SPEECH/test.tsv" target=$target "${extra[@]}" destdir="$WORK/$task-data" \
+      workers=2 overwrite=true
+  nmtkit-train --config-dir "$HERE" --config-name $task \
+      task.data="$WORK/$task-data" checkpoint.save_dir="$WORK/$task-checkpoints" "$@"
+  nmtkit-generate checkpoint="$WORK/$task-checkpoints/checkpoint_best.pt" \
+      input="$SPEECH/test.tsv" output="$WORK/$task.test.hyp" beam=5 max_len_b=100
+  tail -n +2 "$SPEECH/test.tsv" | cut -f$column > "$WORK/$task.test.ref"
+  echo "--- $task: 5 test hypotheses (hypothesis | reference)"
+  paste -d '|' <(head -5 "$WORK/$task.test.hyp") <(head -5 "$WORK/$task.test.ref")
+  nmtkit-score hyp="$WORK/$task.test.hyp" ref="$WORK/$task.test.ref" "$metrics"
+done
