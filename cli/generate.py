@@ -170,7 +170,7 @@ def write_result(cfg: GenerateConfig, result: TranslationResult, out: IO[str], n
                     "text": h.text,
                     "tokens": h.pieces.split(),
                     "score": h.score,
-                    "token_log_probs": h.positional_scores,
+                    "token_log_probs": h.positional_scores.float().tolist(),
                 }
                 for h in hypotheses
             ],
@@ -183,7 +183,7 @@ def write_result(cfg: GenerateConfig, result: TranslationResult, out: IO[str], n
         for h in hypotheses:
             out.write(f"H-{name}\t{h.score:.6f}\t{h.pieces}\n")
             out.write(f"D-{name}\t{h.score:.6f}\t{h.text}\n")
-            out.write(f"P-{name}\t{' '.join(f'{s:.4f}' for s in h.positional_scores)}\n")
+            out.write(f"P-{name}\t{' '.join(f'{s:.4f}' for s in h.positional_scores.tolist())}\n")
 
 
 def write_empty(cfg: GenerateConfig, name: Any, line: str, out: IO[str]) -> None:

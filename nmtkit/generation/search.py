@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -21,9 +21,22 @@ from nmtkit.generation.config import SearchConfig
 from nmtkit.generation.ensemble import EnsembleDecoder, NextTokenScorer
 from nmtkit.generation.ngram_blocking import block_repeated_ngrams
 
-Hypothesis = dict[str, Any]
-"""{"tokens": LongTensor ending with eos, "score": float, "positional_scores": FloatTensor,
-"alignment": None}; tensors are on the CPU."""
+
+@dataclass
+class Hypothesis:
+    """One finished hypothesis: what search found, and (filled in by the task, see
+    nmtkit.generation.translate) how users read it. Tensors are on the CPU."""
+
+    tokens: torch.Tensor
+    """LongTensor of target ids ending with eos."""
+    score: float
+    """Sum of positional_scores divided by len(tokens) ** lenpen (fairseq's convention)."""
+    positional_scores: torch.Tensor
+    """FloatTensor: log-probability of each token (eos included)."""
+    pieces: str = ""
+    """The tokens as space-separated model symbols (H- lines)."""
+    text: str = ""
+    """The detokenized text (D- lines, plain output)."""
 
 
 @dataclass
@@ -125,12 +138,12 @@ class SequenceGenerator:
                 self._beam_search(rows, finished)
         results = []
         for hypotheses in finished:
-            best = sorted(hypotheses, key=lambda hypothesis: -hypothesis["score"])[: cfg.nbest]
+            best = sorted(hypotheses, key=lambda hypothesis: -hypothesis.score)[: cfg.nbest]
             for hypothesis in best:
                 # Tensors made under inference mode refuse later in-place use; callers get
                 # ordinary ones.
-                hypothesis["tokens"] = hypothesis["tokens"].clone()
-                hypothesis["positional_scores"] = hypothesis["positional_scores"].clone()
+                hypothesis.tokens = hypothesis.tokens.clone()
+                hypothesis.positional_scores = hypothesis.positional_scores.clone()
             results.append(best)
         return results
 
@@ -347,10 +360,9 @@ class SequenceGenerator:
         sentences = rows.sentence[source_rows].tolist()
         for index in range(count):
             finished[sentences[index]].append(
-                {
-                    "tokens": tokens[index],
-                    "score": normalized[index],
-                    "positional_scores": positional[index],
-                    "alignment": None,
-                }
+                Hypothesis(
+                    tokens=tokens[index],
+                    score=normalized[index],
+                    positional_scores=positional[index],
+                )
             )

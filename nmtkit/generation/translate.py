@@ -19,20 +19,11 @@ from torch import nn
 from nmtkit.distributed import autocast, move_to_device
 from nmtkit.errors import ConfigError
 from nmtkit.generation.config import SearchConfig
-from nmtkit.generation.search import SequenceGenerator
+from nmtkit.generation.search import Hypothesis, SequenceGenerator
 from nmtkit.models.api import capability
 
 CTC_BLANK = 0
 """CTC's blank symbol is the dictionary's <s> (index 0), which never occurs in targets."""
-
-
-@dataclass
-class Hypothesis:
-    tokens: list[int]
-    pieces: str
-    text: str
-    score: float
-    positional_scores: list[float]
 
 
 @dataclass
@@ -102,27 +93,22 @@ def translate_batches(
             if target is not None:
                 reference = task.postprocess(strip_padding(target[row], pad))
             source, source_pieces = task.describe_source(sample, row)
+            for hypothesis in hypotheses:
+                token_ids = hypothesis.tokens.tolist()
+                hypothesis.pieces = task.target_pieces(token_ids)
+                hypothesis.text = task.postprocess(token_ids)
             yield TranslationResult(
                 id=sentence_id,
                 source=source,
                 source_pieces=source_pieces,
                 reference=reference,
-                hypotheses=[
-                    Hypothesis(
-                        tokens=hypothesis["tokens"].tolist(),
-                        pieces=task.target_pieces(hypothesis["tokens"].tolist()),
-                        text=task.postprocess(hypothesis["tokens"].tolist()),
-                        score=float(hypothesis["score"]),
-                        positional_scores=hypothesis["positional_scores"].float().tolist(),
-                    )
-                    for hypothesis in hypotheses
-                ],
+                hypotheses=hypotheses,
             )
 
 
 def ctc_greedy_decode(
     models: list[nn.Module], net_input: dict[str, torch.Tensor], *, eos: int
-) -> list[list[dict[str, Any]]]:
+) -> list[list[Hypothesis]]:
     """Best path of CTC models: the most likely symbol per encoder frame (an ensemble averages
     the frame probabilities), repeats merged, blanks removed, eos appended as search does.
 
@@ -156,12 +142,11 @@ def ctc_greedy_decode(
         total = float(path_scores.sum())
         results.append(
             [
-                {
-                    "tokens": torch.tensor([*tokens, eos], dtype=torch.long),
-                    "score": total / (len(tokens) + 1),
-                    "positional_scores": torch.tensor([*scores, 0.0]),
-                    "alignment": None,
-                }
+                Hypothesis(
+                    tokens=torch.tensor([*tokens, eos], dtype=torch.long),
+                    score=total / (len(tokens) + 1),
+                    positional_scores=torch.tensor([*scores, 0.0]),
+                )
             ]
         )
     return results

@@ -184,10 +184,10 @@ def assert_same_hypotheses(first: list, second: list, tolerance: float = 1e-4) -
     for hyps_a, hyps_b in zip(first, second, strict=True):
         assert len(hyps_a) == len(hyps_b)
         for hyp_a, hyp_b in zip(hyps_a, hyps_b, strict=True):
-            assert hyp_a["tokens"].tolist() == hyp_b["tokens"].tolist()
-            assert hyp_a["score"] == pytest.approx(hyp_b["score"], abs=tolerance)
+            assert hyp_a.tokens.tolist() == hyp_b.tokens.tolist()
+            assert hyp_a.score == pytest.approx(hyp_b.score, abs=tolerance)
             torch.testing.assert_close(
-                hyp_a["positional_scores"], hyp_b["positional_scores"], atol=tolerance, rtol=0
+                hyp_a.positional_scores, hyp_b.positional_scores, atol=tolerance, rtol=0
             )
 
 
@@ -220,8 +220,8 @@ def test_beam_one_equals_handwritten_greedy_decoding() -> None:
             if token == EOS:
                 break
         (hypothesis,) = hypotheses
-        assert hypothesis["tokens"].tolist() == prefix[1:]
-        assert hypothesis["score"] == pytest.approx(lprob_sum / len(prefix[1:]), abs=1e-5)
+        assert hypothesis.tokens.tolist() == prefix[1:]
+        assert hypothesis.score == pytest.approx(lprob_sum / len(prefix[1:]), abs=1e-5)
 
 
 @pytest.mark.parametrize("options", [{}, {"no_repeat_ngram_size": 2, "lenpen": 0.5}])
@@ -230,7 +230,7 @@ def test_cached_decoding_matches_recomputing_the_prefix(options: dict) -> None:
     cached = translate([model], SOURCES, beam=4, nbest=4, **options)
     recomputed = translate([RecomputingModel(model)], SOURCES, beam=4, nbest=4, **options)
     assert_same_hypotheses(cached, recomputed)
-    assert any(len(hyp["tokens"]) > 3 for hyps in cached for hyp in hyps)
+    assert any(len(hyp.tokens) > 3 for hyps in cached for hyp in hyps)
 
 
 @pytest.mark.parametrize("lenpen", [0.0, 0.6, 1.0, 2.0])
@@ -240,12 +240,11 @@ def test_score_is_sum_of_positional_scores_over_length_power_lenpen(lenpen: floa
     for hypotheses in results:
         assert len(hypotheses) == 3
         for hypothesis in hypotheses:
-            tokens, positional = hypothesis["tokens"], hypothesis["positional_scores"]
+            tokens, positional = hypothesis.tokens, hypothesis.positional_scores
             assert tokens[-1] == EOS and EOS not in tokens[:-1].tolist()
             assert positional.shape == tokens.shape
             expected = float(positional.sum()) / len(tokens) ** lenpen
-            assert hypothesis["score"] == pytest.approx(expected, abs=1e-5)
-            assert hypothesis["alignment"] is None
+            assert hypothesis.score == pytest.approx(expected, abs=1e-5)
 
 
 def test_ensemble_of_the_same_model_twice_equals_the_model() -> None:
@@ -260,10 +259,10 @@ def test_ensemble_averages_probabilities() -> None:
     source = SOURCES[0]
     (hypothesis,) = translate([first, second], [source], beam=2)[0]
     src_tokens, src_lengths = left_padded([source])
-    prev = torch.cat([torch.tensor([EOS]), hypothesis["tokens"][:-1]]).unsqueeze(0)
+    prev = torch.cat([torch.tensor([EOS]), hypothesis.tokens[:-1]]).unsqueeze(0)
     probs = sum(torch.softmax(m(src_tokens, src_lengths, prev)[0], -1) for m in (first, second))
-    expected = (probs / 2).log().gather(1, hypothesis["tokens"].unsqueeze(1)).squeeze(1)
-    torch.testing.assert_close(hypothesis["positional_scores"], expected, atol=1e-5, rtol=0)
+    expected = (probs / 2).log().gather(1, hypothesis.tokens.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(hypothesis.positional_scores, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("sampling", [False, True])
@@ -285,9 +284,9 @@ def test_nbest_hypotheses_are_distinct_and_sorted_best_first() -> None:
     model = ToyTranslationModel(seed=8, sharpness=1.5).eval()
     for hypotheses in translate([model], SOURCES, beam=5, nbest=5):
         assert len(hypotheses) == 5
-        token_lists = [tuple(hyp["tokens"].tolist()) for hyp in hypotheses]
+        token_lists = [tuple(hyp.tokens.tolist()) for hyp in hypotheses]
         assert len(set(token_lists)) == 5
-        scores = [hyp["score"] for hyp in hypotheses]
+        scores = [hyp.score for hyp in hypotheses]
         assert scores == sorted(scores, reverse=True)
 
 
@@ -332,15 +331,15 @@ def test_beam_search_matches_a_one_sentence_reference(lenpen: float) -> None:
     results = translate([model], SOURCES, beam=4, nbest=4, lenpen=lenpen, max_len_b=7)
     for source, hypotheses in zip(SOURCES, results, strict=True):
         expected = reference_beam_search(model, source, beam=4, max_len=7, lenpen=lenpen)
-        assert [h["tokens"].tolist() for h in hypotheses] == [tokens for tokens, _ in expected]
-        assert [h["score"] for h in hypotheses] == pytest.approx([s for _, s in expected], abs=1e-5)
+        assert [h.tokens.tolist() for h in hypotheses] == [tokens for tokens, _ in expected]
+        assert [h.score for h in hypotheses] == pytest.approx([s for _, s in expected], abs=1e-5)
 
 
 def test_larger_beam_finds_no_worse_best_hypothesis_on_average() -> None:
     model = ToyTranslationModel(seed=9, sharpness=1.5).eval()
     narrow = translate([model], SOURCES, beam=1)
     wide = translate([model], SOURCES, beam=6)
-    assert sum(h[0]["score"] for h in wide) >= sum(h[0]["score"] for h in narrow)
+    assert sum(h[0].score for h in wide) >= sum(h[0].score for h in narrow)
 
 
 def has_repeated_ngram(tokens: list[int], size: int) -> bool:
@@ -354,12 +353,12 @@ def test_no_repeat_ngram_size_is_respected(sampling: bool) -> None:
     model = ToyTranslationModel(seed=10, token_bias={5: 3.0, 6: 3.0, EOS: -4.0}).eval()
     options = {"beam": 3, "nbest": 3, "max_len_b": 12, "sampling": sampling, "seed": 0}
     unblocked = translate([model], SOURCES, **options)
-    assert any(has_repeated_ngram(h["tokens"].tolist(), 2) for hs in unblocked for h in hs)
+    assert any(has_repeated_ngram(h.tokens.tolist(), 2) for hs in unblocked for h in hs)
     blocked = translate([model], SOURCES, no_repeat_ngram_size=2, **options)
     for hypotheses in blocked:
         assert hypotheses
         for hypothesis in hypotheses:
-            assert not has_repeated_ngram([EOS, *hypothesis["tokens"][:-1].tolist()], 2)
+            assert not has_repeated_ngram([EOS, *hypothesis.tokens[:-1].tolist()], 2)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3])
@@ -390,9 +389,9 @@ def test_sampling_is_reproducible_with_a_seed_and_varies_across_seeds() -> None:
     again = translate([model], SOURCES, seed=123, **options)
     other = translate([model], SOURCES, seed=456, **options)
     assert_same_hypotheses(first, again, tolerance=0.0)
-    tokens = lambda results: [[h["tokens"].tolist() for h in hs] for hs in results]  # noqa: E731
+    tokens = lambda results: [[h.tokens.tolist() for h in hs] for hs in results]  # noqa: E731
     assert tokens(first) != tokens(other)
-    samples = [h["tokens"].tolist() for hs in first for h in hs]
+    samples = [h.tokens.tolist() for hs in first for h in hs]
     assert len({tuple(sample) for sample in samples}) > len(SOURCES)
 
 
@@ -403,32 +402,32 @@ def test_sampling_restricted_to_the_top_token_is_greedy_decoding(restriction: di
     sampled = translate([model], SOURCES, sampling=True, beam=3, nbest=3, seed=0, **restriction)
     for greedy_hyps, samples in zip(greedy, sampled, strict=True):
         for sample in samples:
-            assert sample["tokens"].tolist() == greedy_hyps[0]["tokens"].tolist()
-            assert sample["score"] == pytest.approx(greedy_hyps[0]["score"], abs=1e-5)
+            assert sample.tokens.tolist() == greedy_hyps[0].tokens.tolist()
+            assert sample.score == pytest.approx(greedy_hyps[0].score, abs=1e-5)
 
 
 def test_sampling_topk_draws_only_among_the_k_most_likely_tokens() -> None:
     model = ToyTranslationModel(seed=13, sharpness=0.5).eval()
     (sample,) = translate([model], [SOURCES[0]], sampling=True, beam=1, sampling_topk=2, seed=1)[0]
     src_tokens, src_lengths = left_padded([SOURCES[0]])
-    prev = torch.cat([torch.tensor([EOS]), sample["tokens"][:-1]]).unsqueeze(0)
+    prev = torch.cat([torch.tensor([EOS]), sample.tokens[:-1]]).unsqueeze(0)
     logits = model(src_tokens, src_lengths, prev)[0]
     logits[:, [PAD, BOS]] = -math.inf
-    among_top2 = (logits.topk(2, dim=1).indices == sample["tokens"].unsqueeze(1)).any(dim=1)
+    among_top2 = (logits.topk(2, dim=1).indices == sample.tokens.unsqueeze(1)).any(dim=1)
     # The eos forced at the maximum length (10 tokens) is exempt.
-    checked = among_top2 if len(sample["tokens"]) <= 10 else among_top2[:-1]
+    checked = among_top2 if len(sample.tokens) <= 10 else among_top2[:-1]
     assert checked.all() and len(checked) > 3
 
 
 def test_min_len_forbids_early_end_of_sentence() -> None:
     model = ToyTranslationModel(seed=14, token_bias={EOS: 3.0}).eval()
     short = translate([model], SOURCES, beam=3, nbest=3)
-    assert min(len(h["tokens"]) - 1 for hs in short for h in hs) < 4
+    assert min(len(h.tokens) - 1 for hs in short for h in hs) < 4
     for sampling in (False, True):
         results = translate([model], SOURCES, beam=3, nbest=3, min_len=4, sampling=sampling)
         for hypotheses in results:
             assert hypotheses
-            assert all(len(h["tokens"]) - 1 >= 4 for h in hypotheses)
+            assert all(len(h.tokens) - 1 >= 4 for h in hypotheses)
 
 
 def test_max_length_is_respected_per_sentence_and_by_model_positions() -> None:
@@ -437,12 +436,12 @@ def test_max_length_is_respected_per_sentence_and_by_model_positions() -> None:
     for source, hypotheses in zip(SOURCES, results, strict=True):
         for hypothesis in hypotheses:
             # Without a likely eos every hypothesis runs to the limit, then ends with eos.
-            assert len(hypothesis["tokens"]) - 1 == len(source) + 1
-            assert hypothesis["tokens"][-1] == EOS
+            assert len(hypothesis.tokens) - 1 == len(source) + 1
+            assert hypothesis.tokens[-1] == EOS
     capped = ToyTranslationModel(seed=15, token_bias={EOS: -20.0}, max_positions=4).eval()
     for sampling in (False, True):
         for hypotheses in translate([capped], SOURCES, beam=2, max_len_b=50, sampling=sampling):
-            assert len(hypotheses[0]["tokens"]) - 1 == 3
+            assert len(hypotheses[0].tokens) - 1 == 3
 
 
 def test_finished_sentences_leave_the_batch() -> None:
@@ -475,9 +474,9 @@ def test_prefix_tokens_are_forced() -> None:
             assert hypotheses
             forced = [token for token in prefix[row].tolist() if token != PAD]
             for hypothesis in hypotheses:
-                assert hypothesis["tokens"][: len(forced)].tolist() == forced
+                assert hypothesis.tokens[: len(forced)].tolist() == forced
             if row == 2:
-                assert [h["tokens"].tolist() for h in hypotheses] == [[7, EOS]] * (
+                assert [h.tokens.tolist() for h in hypotheses] == [[7, EOS]] * (
                     4 if sampling else 1
                 )
             if row == 1 and not sampling:
@@ -498,7 +497,7 @@ def test_invalid_search_config_is_a_config_error() -> None:
 def test_unkpen_reduces_unknown_tokens() -> None:
     model = ToyTranslationModel(seed=18, token_bias={UNK: 2.5}).eval()
     count_unk = lambda results: sum(  # noqa: E731
-        h["tokens"].tolist().count(UNK) for hs in results for h in hs
+        h.tokens.tolist().count(UNK) for hs in results for h in hs
     )
     plain = translate([model], SOURCES, beam=3, nbest=3)
     penalized = translate([model], SOURCES, beam=3, nbest=3, unkpen=3.0)
@@ -511,7 +510,7 @@ def test_pad_and_bos_are_never_generated() -> None:
     for sampling in (False, True):
         for hypotheses in translate([model], SOURCES, beam=3, nbest=3, sampling=sampling):
             for hypothesis in hypotheses:
-                assert not {PAD, BOS} & set(hypothesis["tokens"].tolist())
+                assert not {PAD, BOS} & set(hypothesis.tokens.tolist())
 
 
 def test_temperature_flattens_beam_search_scores() -> None:
@@ -520,13 +519,13 @@ def test_temperature_flattens_beam_search_scores() -> None:
     (plain,) = translate([model], source, beam=1)[0]
     (hot,) = translate([model], source, beam=1, temperature=2.0)[0]
     src_tokens, src_lengths = left_padded(source)
-    prev = torch.cat([torch.tensor([EOS]), hot["tokens"][:-1]]).unsqueeze(0)
+    prev = torch.cat([torch.tensor([EOS]), hot.tokens[:-1]]).unsqueeze(0)
     logits = model(src_tokens, src_lengths, prev)[0] / 2.0
-    expected = torch.log_softmax(logits, -1).gather(1, hot["tokens"].unsqueeze(1)).squeeze(1)
-    torch.testing.assert_close(hot["positional_scores"], expected, atol=1e-5, rtol=0)
+    expected = torch.log_softmax(logits, -1).gather(1, hot.tokens.unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(hot.positional_scores, expected, atol=1e-5, rtol=0)
     # Greedy choices do not change with temperature, but the flatter distribution scores lower.
-    assert hot["tokens"].tolist() == plain["tokens"].tolist()
-    assert hot["score"] < plain["score"]
+    assert hot.tokens.tolist() == plain.tokens.tolist()
+    assert hot.score < plain.score
 
 
 # The same properties on nmtkit's transformer (tiny, random weights).
@@ -577,7 +576,7 @@ def test_transformer_cache_matches_recomputing_and_batching(normalize_before: bo
     ]
     assert_same_hypotheses(alone, cached)
     for source, hypotheses in zip(TRANSFORMER_SOURCES, cached, strict=True):
-        assert all(len(h["tokens"]) - 1 <= len(source) + 2 for h in hypotheses)
+        assert all(len(h.tokens) - 1 <= len(source) + 2 for h in hypotheses)
 
 
 @pytest.mark.parametrize("beam", [1, 3])
@@ -588,8 +587,8 @@ def test_transformer_beam_search_matches_a_one_sentence_reference(beam: int) -> 
         expected = reference_beam_search(
             model, source, beam=beam, max_len=8, lenpen=1.0, vocab_size=TRANSFORMER_VOCAB
         )
-        assert [h["tokens"].tolist() for h in hypotheses] == [tokens for tokens, _ in expected]
-        scores = [h["score"] for h in hypotheses]
+        assert [h.tokens.tolist() for h in hypotheses] == [tokens for tokens, _ in expected]
+        scores = [h.score for h in hypotheses]
         assert scores == pytest.approx([score for _, score in expected], abs=1e-5)
 
 
