@@ -49,8 +49,11 @@ class Task:
         return CRITERIONS.build(criterion_cfg, padding_idx=self.padding_idx)
 
     # --- data --------------------------------------------------------------------------------
-    def load_dataset(self, split: str, epoch: int = 1, training: bool = False) -> BatchableDataset:
-        """Split `split` of the data directory (`training`: with training-only augmentation)."""
+    def load_dataset(
+        self, split: str, epoch: int = 1, training: bool = False, seed: int = 1
+    ) -> BatchableDataset:
+        """Split `split` of the data directory (`training`: with training-only augmentation,
+        seeded by the run's `seed`)."""
         raise NotImplementedError
 
     def max_positions(self, model_cfg: Any) -> Optional[tuple[Optional[int], Optional[int]]]:
@@ -76,7 +79,7 @@ class Task:
         """Batches of `split`, length-bucketed, filtered to the model's maximum positions;
         `dataset.max_tokens` counts what the dataset's `num_tokens_array` counts."""
         return self.epoch_batch_iterator(
-            self.load_dataset(split, epoch, training=training),
+            self.load_dataset(split, epoch, training=training, seed=seed),
             dataset_cfg,
             model_cfg=model_cfg,
             epoch=epoch,

@@ -198,12 +198,18 @@ class SpeechToTextTask(Task):
         return model
 
     # --- data ------------------------------------------------------------------------------------
-    def load_dataset(self, split: str, epoch: int = 1, training: bool = False) -> SpeechDataset:
+    def load_dataset(
+        self, split: str, epoch: int = 1, training: bool = False, seed: int = 1
+    ) -> SpeechDataset:
+        """`dataset.max_tokens` counts this dataset's source frames; `seed` (the run's) also
+        seeds SpecAugment."""
         if self.data_dir is None:
             raise ConfigError("task.data: this needs the data directory")
-        return self._load_split(self.data_dir, split, training=training)
+        return self._load_split(self.data_dir, split, training=training, seed=seed)
 
-    def _load_split(self, data_dir: Path, split: str, training: bool) -> SpeechDataset:
+    def _load_split(
+        self, data_dir: Path, split: str, training: bool, seed: int = 1
+    ) -> SpeechDataset:
         features_prefix, target_prefix = data_dir / f"{split}.fbank", data_dir / f"{split}.target"
         for prefix in (features_prefix, target_prefix):
             if not dataset_exists(prefix):
@@ -226,30 +232,10 @@ class SpeechToTextTask(Task):
             MMapIndexedDataset(target_prefix),
             source_text,
             spec_augment=spec_augment,
+            seed=seed,
             names=names,
             name=str(features_prefix),
         )
-
-    def batch_iterator(
-        self,
-        split: str,
-        dataset_cfg: Any,
-        *,
-        model_cfg: Any,
-        epoch: int,
-        seed: int,
-        num_shards: int = 1,
-        shard_id: int = 0,
-        training: bool = True,
-    ) -> Any:
-        """As Task.batch_iterator; `dataset.max_tokens` counts source frames, and the run's
-        seed also seeds SpecAugment."""
-        dataset = self.load_dataset(split, epoch, training=training)
-        dataset.seed = seed
-        return self.epoch_batch_iterator(
-            dataset, dataset_cfg, model_cfg=model_cfg, epoch=epoch, seed=seed,
-            num_shards=num_shards, shard_id=shard_id, training=training,
-        )  # fmt: skip
 
     # --- inference -------------------------------------------------------------------------------
     def read_inference_inputs(self, path: str | None, buffer_size: int) -> Iterator[list[Any]]:

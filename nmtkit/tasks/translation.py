@@ -156,7 +156,7 @@ class TranslationTask(Task):
         )
 
     def load_dataset(
-        self, split: str, epoch: int = 1, training: bool = False
+        self, split: str, epoch: int = 1, training: bool = False, seed: int = 1
     ) -> LanguagePairDataset:
         """Split `split` of the data directory for this epoch (round-robin over dirs)."""
         if not self.data_dirs:
