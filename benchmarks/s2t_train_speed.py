@@ -10,7 +10,7 @@ so that a shared, noisy machine slows both alike; the table reports every run, t
 their ratio.
 
     python benchmarks/s2t_train_speed.py --speech ../shared/data/speech \\
-        --nmtkit-data /tmp/speech_asr --updates 30 --warmup 5 --repeats 2 \\
+        --nmtkit-data DATA --updates 30 --warmup 5 --repeats 2 \\
         --max-tokens 20000 --threads 2
 
 Same inputs. The nmtkit data directory comes from `nmtkit-preprocess task=speech_to_text ...
