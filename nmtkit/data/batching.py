@@ -69,6 +69,25 @@ def seeded_random_state(seed: int, epoch: int, purpose: int) -> np.random.Random
     return np.random.RandomState(words)
 
 
+def filter_indices_by_size(
+    indices: np.ndarray,
+    src_sizes: np.ndarray,
+    tgt_sizes: Optional[np.ndarray],
+    max_source_positions: Optional[int],
+    max_target_positions: Optional[int],
+) -> tuple[np.ndarray, int]:
+    """Keeps the samples whose source and target sizes fit the limits (None = no limit);
+    returns (kept indices in their original order, number dropped)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    keep = np.ones(len(indices), dtype=bool)
+    if max_source_positions is not None:
+        keep &= src_sizes[indices] <= max_source_positions
+    if max_target_positions is not None and tgt_sizes is not None:
+        keep &= tgt_sizes[indices] <= max_target_positions
+    kept = indices[keep]
+    return kept, len(indices) - len(kept)
+
+
 def ordered_indices(
     src_sizes: np.ndarray,
     tgt_sizes: Optional[np.ndarray],

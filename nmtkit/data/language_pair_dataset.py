@@ -21,6 +21,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 import torch
 
+from nmtkit.data.batching import filter_indices_by_size
 from nmtkit.data.dictionary import Dictionary
 
 
@@ -109,14 +110,9 @@ class LanguagePairDataset:
     ) -> tuple[np.ndarray, int]:
         """Keeps the pairs whose sides fit the model's positions (None = no limit); returns
         (kept indices in their original order, number dropped)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        keep = np.ones(len(indices), dtype=bool)
-        if max_source_positions is not None:
-            keep &= self.src_sizes[indices] <= max_source_positions
-        if max_target_positions is not None and self.tgt_sizes is not None:
-            keep &= self.tgt_sizes[indices] <= max_target_positions
-        kept = indices[keep]
-        return kept, len(indices) - len(kept)
+        return filter_indices_by_size(
+            indices, self.src_sizes, self.tgt_sizes, max_source_positions, max_target_positions
+        )
 
     # ---- batches ------------------------------------------------------------------------
     def collater(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:

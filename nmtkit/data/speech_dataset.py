@@ -20,6 +20,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 import torch
 
+from nmtkit.data.batching import filter_indices_by_size
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.language_pair_dataset import pad_sequences
 from nmtkit.data.spec_augment import SpecAugment, utterance_seed
@@ -65,17 +66,14 @@ class SpeechDataset:
         self.seed = seed
         self.names = names
         self.name = name or type(self).__name__
-        self.frames = np.asarray(features.sizes, dtype=np.int64) // feature_dim
-        self.target_sizes = (
-            np.asarray(targets.sizes, dtype=np.int64) if targets is not None else None
-        )
-        # What the batch iterator sorts by (source length, then target length).
-        self.src_sizes, self.tgt_sizes = self.frames, self.target_sizes
+        # Frames per utterance and target lengths: what the batch iterator sorts by.
+        self.src_sizes = np.asarray(features.sizes, dtype=np.int64) // feature_dim
+        self.tgt_sizes = np.asarray(targets.sizes, dtype=np.int64) if targets is not None else None
         self.pad_index = target_dict.pad()
         self.eos_index = target_dict.eos()
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return len(self.src_sizes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         features = torch.from_numpy(
@@ -94,7 +92,7 @@ class SpeechDataset:
     @property
     def num_tokens_array(self) -> np.ndarray:
         """Frames of every utterance, indexed by id (what max_tokens counts)."""
-        return self.frames
+        return self.src_sizes
 
     def filter_by_size(
         self,
@@ -103,14 +101,9 @@ class SpeechDataset:
         max_target_positions: Optional[int],
     ) -> tuple[np.ndarray, int]:
         """Keeps utterances whose frames and targets fit the model; (kept, number dropped)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        keep = np.ones(len(indices), dtype=bool)
-        if max_source_positions is not None:
-            keep &= self.frames[indices] <= max_source_positions
-        if max_target_positions is not None and self.target_sizes is not None:
-            keep &= self.target_sizes[indices] <= max_target_positions
-        kept = indices[keep]
-        return kept, len(indices) - len(kept)
+        return filter_indices_by_size(
+            indices, self.src_sizes, self.tgt_sizes, max_source_positions, max_target_positions
+        )
 
     # ---- batches ------------------------------------------------------------------------
     def collater(self, items: Sequence[dict[str, Any]], epoch: int = 1) -> dict[str, Any]:
