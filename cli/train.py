@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from nmtkit.config.launcher import run_cli
 from nmtkit.config.train import TRAIN_GROUPS, TrainConfig
-from nmtkit.trainer import train
+from nmtkit.preemption import PREEMPTED_EXIT_CODE
+from nmtkit.trainer import Preempted, train
 
 
 def main(cfg: TrainConfig) -> None:
@@ -22,8 +24,15 @@ def main(cfg: TrainConfig) -> None:
     Experiment files: nmtkit-train --config-dir DIR --config-name NAME [key=value ...]
     Print the composed config without training: nmtkit-train ... --cfg
     Show groups, options and every setting with its help: nmtkit-train --help [model=...]
+
+    On SIGTERM or SIGUSR1 (a scheduler's warning) the current update is finished,
+    checkpoint_last.pt written, and the exit code is 75; a second signal stops at once.
     """
-    train(cfg)
+    try:
+        train(cfg)
+    except Preempted as stopped:
+        print(f"nmtkit-train: {stopped}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def cli_main(argv: Sequence[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """Checkpoint files: atomic save, safe load (`weights_only=True`), format upgrades, averaging.
 
 A checkpoint is one file holding plain containers and tensors only:
-    format_version, nmtkit_version, config (resolved, plain dict), model (state dict),
+    format_version, nmtkit_version, checksum (of everything else: a flipped byte is detected
+    on load), config (resolved, plain dict), model (state dict),
     task (dictionaries, SentencePiece model bytes: enough to generate without the data dir),
     data_fingerprint, and for resumable checkpoints `training_state` (optimizer, scheduler,
     loss scaler, RNG states, data-iterator position, counters, meters).
@@ -10,9 +11,8 @@ A checkpoint is one file holding plain containers and tensors only:
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from nmtkit.errors import CheckpointError
+from nmtkit.output_files import write_atomically
 from nmtkit.version import __version__
 
 FORMAT_VERSION = 1
@@ -79,29 +80,43 @@ def save_checkpoint(state: dict[str, Any], *paths: str | Path) -> None:
     """Serialises once and writes each path atomically: a temp file in the same folder, fsync,
     then rename. A crash mid-write leaves the previous checkpoint intact, never a truncated one."""
     state = {"format_version": FORMAT_VERSION, "nmtkit_version": __version__, **state}
+    state.pop("checksum", None)
+    state["checksum"] = content_checksum(state)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     for path in map(Path, paths):
         write_atomically(buffer.getbuffer(), path)
 
 
-def write_atomically(data: bytes | memoryview, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+def content_checksum(state: Any) -> str:
+    """CRC-32 over every tensor's bytes and every other value's repr, in a fixed order.
+    torch.load does not verify the zip's CRCs, so without this a flipped byte in a weight
+    would load silently and be trained on. (Checkpoints written before it have none.)"""
+    checksum = 0
+
+    def visit(value: Any) -> None:
+        nonlocal checksum
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            header = f"tensor {tensor.dtype} {tuple(tensor.shape)};"
+            checksum = zlib.crc32(header.encode(), checksum)
+            if tensor.numel():
+                raw = tensor.reshape(-1).view(torch.uint8).numpy()
+                checksum = zlib.crc32(raw.data, checksum)
+        elif isinstance(value, dict):
+            checksum = zlib.crc32(f"dict {len(value)};".encode(), checksum)
+            for key in sorted(value, key=repr):
+                checksum = zlib.crc32(repr(key).encode(), checksum)
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            checksum = zlib.crc32(f"list {len(value)};".encode(), checksum)
+            for item in value:
+                visit(item)
+        else:
+            checksum = zlib.crc32(repr(value).encode(), checksum)
+
+    visit({key: value for key, value in state.items() if key != "checksum"})
+    return f"crc32:{checksum:08x}"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -112,10 +127,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt or foreign files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"{path}: not a readable nmtkit checkpoint ({reason[:200]})"
-        ) from None
+        message = str(error).strip()
+        if "Weights only load failed" in message:
+            # torch's own text goes on to suggest weights_only=False: never for a user's file.
+            reason = (
+                "it holds Python objects besides tensors and plain containers, which nmtkit "
+                "does not unpickle because that could run arbitrary code"
+            )
+        else:
+            reason = message.splitlines()[0] if message else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable nmtkit checkpoint ({reason})") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: not an nmtkit checkpoint (no format_version)")
     version = state["format_version"]
@@ -124,6 +145,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: written by a newer nmtkit ({state.get('nmtkit_version', '?')}, checkpoint "
             f"format {version}); this nmtkit {__version__} reads formats up to "
             f"{FORMAT_VERSION}: upgrade nmtkit"
+        )
+    saved_checksum = state.get("checksum")
+    if saved_checksum is not None and saved_checksum != content_checksum(state):
+        raise CheckpointError(
+            f"{path}: checksum mismatch: the file is corrupt (changed after it was written); "
+            "use another checkpoint"
         )
     while state["format_version"] < FORMAT_VERSION:
         state = UPGRADES[state["format_version"]](state)

@@ -1,10 +1,11 @@
 """THE training loop of nmtkit. It reads in the order it runs:
 
-    set up (device, seeds, task, model, criterion, optimizer, scheduler, data, resume)
+    set up (`setup`: device, seeds, run directory, task, model -> wrap/shard -> optimizer ->
+            resume state, data)
     for each epoch, for each update:
         get batches -> forward -> loss -> backward (accumulate update_freq batches)
         -> unscale / normalise / clip -> step -> schedule -> zero_grad -> log
-        -> validate / save when due -> stop when due
+        -> validate / save when due -> stop when due (limits, patience, SIGTERM/SIGUSR1)
 
 Losses are summed over tokens on every rank; gradients are divided by the total number of
 target tokens of the update (all batches, all ranks), so results do not depend on how an
@@ -13,10 +14,12 @@ update is split across accumulation steps or GPUs.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +32,20 @@ from nmtkit.config.launcher import config_to_dict
 from nmtkit.config.train import TrainConfig
 from nmtkit.errors import CheckpointError, ConfigError, NmtkitError
 from nmtkit.optim import LR_SCHEDULERS, OPTIMIZERS
+from nmtkit.output_files import atomic_text_output, ensure_writable_dir, remove_stale_temporaries
+from nmtkit.preemption import StopSignals
+from nmtkit.run_lock import RunLock
 from nmtkit.run_log import RunLogger, write_run_files
 from nmtkit.tasks import TASKS
 
 
 class TrainingError(NmtkitError):
-    """Training cannot go on (diverged, loss scale collapsed); the message says why."""
+    """Training cannot go on (diverged, loss scale collapsed, a rank failed); says why."""
+
+
+class Preempted(Exception):
+    """Training stopped on a scheduler's signal after saving checkpoint_last.pt; the CLI exits
+    with nmtkit.preemption.PREEMPTED_EXIT_CODE so a job script can requeue."""
 
 
 @dataclass
@@ -47,6 +58,32 @@ class Progress:
     validations_without_improvement: int = 0
     train_seconds: float = 0.0
     skipped_updates: int = 0
+    oom_skipped_updates: int = 0
+
+
+@dataclass
+class TrainingRun:
+    """The objects of one run, built by `setup` in the order sharding needs (model -> wrap or
+    shard -> optimizer -> saved state)."""
+
+    cfg: TrainConfig
+    context: distributed.DistributedContext
+    task: Any
+    model: torch.nn.Module  # the module whose weights are saved (sharded in place under FSDP)
+    train_model: torch.nn.Module  # what the training forward runs on (DDP wrapper or model)
+    criterion: Any
+    optimizer: Any
+    lr_scheduler: Any
+    scaler: torch.amp.GradScaler
+    train_iterator: Any
+    progress: Progress
+    logger: RunLogger
+    params: list[torch.nn.Parameter]
+    cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    @property
+    def save_dir(self) -> Path:
+        return Path(self.cfg.checkpoint.save_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,78 +91,53 @@ class Progress:
 # --------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> Progress:
     """Trains until a stopping criterion is met; returns the final counters."""
-    context = distributed.setup(cfg.distributed, cfg.common.device)
-    device = context.device
-    seed_everything(cfg.common.seed)
-    save_dir = Path(cfg.checkpoint.save_dir)
-    if not cfg.task.data:
-        raise ConfigError("task.data: set the data directory, e.g. task.data=data-bin")
+    with StopSignals() as signals, setup(cfg) as run:
+        try:
+            stop_reason = train_loop(run, signals)
+        except RuntimeError as error:
+            raise as_rank_failure(error, run.context) from None
+        progress = run.progress
+        run.logger.info(
+            f"done: {stop_reason} | updates {progress.num_updates} | epoch {progress.epoch} | "
+            f"best {cfg.checkpoint.best_checkpoint_metric} {progress.best_metric} | "
+            f"{progress.train_seconds:.0f}s"
+        )
+    distributed.cleanup()
+    if signals.received:
+        raise Preempted(
+            f"stopped by {signals.received} at update {progress.num_updates} after saving "
+            f"{run.save_dir / 'checkpoint_last.pt'}; run the same command again to resume"
+        )
+    return progress
 
-    task = TASKS.build(cfg.task)
-    model = task.build_model(cfg.model).to(device)
-    criterion = task.build_criterion(cfg.criterion).to(device)
-    criterion.check_model(model)  # e.g. a CTC weight without a CTC head: fail before any work
-    optimizer = OPTIMIZERS.build(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
-    lr_scheduler = LR_SCHEDULERS.build(
-        cfg.lr_scheduler,
-        optimizer,
-        base_lr=cfg.optimizer.lr,
-        total_updates=cfg.optimization.max_update or None,
-    )
-    precision = cfg.common.precision
-    scaler = torch.amp.GradScaler(
-        device.type,
-        init_scale=cfg.common.fp16_init_scale,
-        growth_interval=cfg.common.fp16_scale_window,
-        enabled=precision == "fp16",
-    )
 
-    progress = Progress()
-    resume_state = find_resume_state(cfg, save_dir)
-    if resume_state is not None:
-        progress = restore_training_state(cfg, resume_state, model, optimizer, lr_scheduler, scaler)
-    train_iterator = task.batch_iterator(
-        cfg.dataset.train_subset,
-        cfg.dataset,
-        model_cfg=cfg.model,
-        epoch=progress.epoch,
-        seed=cfg.common.seed,
-        num_shards=context.world_size,
-        shard_id=context.rank,
-        training=True,
+def train_loop(run: TrainingRun, signals: StopSignals) -> str:
+    cfg, context, progress, logger = run.cfg, run.context, run.progress, run.logger
+    device, precision, scaler, optimizer = (
+        context.device,
+        cfg.common.precision,
+        run.scaler,
+        run.optimizer,
     )
-    if resume_state is not None and "training_state" in resume_state:
-        training_state = resume_state["training_state"]
-        if not cfg.checkpoint.reset_dataloader:
-            train_iterator.load_state_dict(training_state["iterator"])
-        # After the data iterator exists: building it must not shift the random streams.
-        restore_rng_state(training_state["rng"], device)
-
-    if context.is_main_process:
-        write_run_files(save_dir, cfg, task.data_fingerprint())
-    logger = RunLogger(
-        save_dir, cfg.common.log_format, cfg.common.tensorboard_logdir, context.is_main_process
-    )
-    if context.is_main_process:
-        logger.info(describe_run(cfg, model, device, context, progress, resume_state is not None))
-    ddp_model = distributed.wrap_model(model, context, cfg.distributed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    # Skipping an out-of-memory batch must be agreed by all ranks before gradients are
+    # exchanged, so that mode syncs gradients by hand after the update's batches.
+    sync_by_hand = cfg.optimization.skip_oom_batches and context.is_distributed
     run_started = time.monotonic() - progress.train_seconds
     interval = IntervalStats()
     lr = optimizer.get_lr()
     # Re-running a finished run's command resumes into "nothing left to do", not one more update.
     stop_reason = mid_epoch_stop_reason(cfg, progress, lr)
     max_epoch = cfg.optimization.max_epoch
-    if max_epoch and train_iterator.next_epoch_idx > max_epoch:
+    if max_epoch and run.train_iterator.next_epoch_idx > max_epoch:
         stop_reason = f"reached max_epoch={max_epoch}"
     if stop_reason:
-        logger.info(f"nothing to train: {stop_reason} already (run directory {save_dir})")
+        logger.info(f"nothing to train: {stop_reason} already (run directory {run.save_dir})")
 
     while not stop_reason:
-        epoch_batches = train_iterator.next_epoch_itr()
-        progress.epoch = train_iterator.epoch
-        lr_scheduler.step_begin_epoch(progress.epoch)
-        done_before = train_iterator.iterations_in_epoch
+        epoch_batches = run.train_iterator.next_epoch_itr()
+        progress.epoch = run.train_iterator.epoch
+        run.lr_scheduler.step_begin_epoch(progress.epoch)
+        done_before = run.train_iterator.iterations_in_epoch
         logger.start_epoch(progress.epoch, done_before + len(epoch_batches), done_before)
         batches = iter(epoch_batches)
         while True:
@@ -134,47 +146,70 @@ def train(cfg: TrainConfig) -> Progress:
             if not update_batches:
                 break
 
-            # 2-4. Forward, loss, backward; DDP syncs gradients on the last batch only.
+            # 2-4. Forward, loss, backward; gradients are synced on the last batch only.
             update_stats = UpdateStats()
+            out_of_memory = False
             for i, sample in enumerate(update_batches):
                 sample = distributed.move_to_device(sample, device)
-                is_last = i == len(update_batches) - 1
-                with distributed.maybe_no_sync(ddp_model, skip_sync=not is_last):
-                    with distributed.autocast(device, precision):
-                        loss, sample_size, logging_output = task.train_step(
-                            ddp_model, criterion, sample
-                        )
-                    if sample.get("is_dummy"):
-                        # A shard one batch short repeats a batch so DDP ranks stay in step;
-                        # it must add nothing to gradients or statistics.
-                        loss, sample_size, logging_output = loss * 0.0, 0, {}
-                    scaler.scale(loss).backward()
+                skip_sync = sync_by_hand or i < len(update_batches) - 1
+                try:
+                    with distributed.maybe_no_sync(run.train_model, skip_sync=skip_sync):
+                        with distributed.autocast(device, precision):
+                            loss, sample_size, logging_output = run.task.train_step(
+                                run.train_model, run.criterion, sample
+                            )
+                        if sample.get("is_dummy"):
+                            # A shard one batch short repeats a batch so ranks stay in step;
+                            # it must add nothing to gradients or statistics.
+                            loss, sample_size, logging_output = loss * 0.0, 0, {}
+                        scaler.scale(loss).backward()
+                except torch.OutOfMemoryError:
+                    out_of_memory = handle_out_of_memory(cfg, progress, sample)
+                    break
                 update_stats.add(sample_size, logging_output)
 
-            # 5. Sum the token counts over ranks, then turn summed gradients into per-token ones.
-            update_stats.all_reduce(context)
-            scaler.unscale_(optimizer.optimizer)
-            # DDP averaged over ranks; multiply back to a sum, then divide by all tokens.
-            scale_gradients(params, context.world_size / max(update_stats.sample_size, 1))
-            max_norm = cfg.optimization.clip_norm if cfg.optimization.clip_norm > 0 else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-
-            # 6. Step, unless gradients are not finite (fp16 overflow or divergence).
-            if math.isfinite(grad_norm):
-                scaler.step(optimizer.optimizer)
-                scaler.update()
-                progress.num_updates += 1
-                lr = lr_scheduler.step_update(progress.num_updates)
-                interval.add(update_stats, grad_norm)
+            # 5. Sum the token counts over ranks (with whether any rank ran out of memory or
+            #    was asked to stop), then turn summed gradients into per-token ones.
+            flags = update_stats.all_reduce(
+                context, out_of_memory=out_of_memory, stop_signal=signals.received is not None
+            )
+            if flags["out_of_memory"]:
+                optimizer.zero_grad()
+                progress.oom_skipped_updates += 1
+                logger.info(
+                    f"skipped update {progress.num_updates + 1}: out of memory on a rank "
+                    f"({progress.oom_skipped_updates} skipped so far)"
+                )
+                distributed.release_cached_memory(device)
             else:
-                handle_nonfinite_update(cfg, scaler, progress, logger)
-            optimizer.zero_grad()
+                if sync_by_hand:
+                    distributed.average_gradients(run.params, context)
+                scaler.unscale_(optimizer.optimizer)
+                # Gradients are averaged over ranks; multiply back to a sum, divide by tokens.
+                scale_gradients(run.params, context.world_size / max(update_stats.sample_size, 1))
+                max_norm = (
+                    cfg.optimization.clip_norm if cfg.optimization.clip_norm > 0 else math.inf
+                )
+                grad_norm = distributed.total_norm_to_float(
+                    torch.nn.utils.clip_grad_norm_(run.params, max_norm)
+                )
+
+                # 6. Step, unless gradients are not finite (fp16 overflow or divergence).
+                if math.isfinite(grad_norm):
+                    scaler.step(optimizer.optimizer)
+                    scaler.update()
+                    progress.num_updates += 1
+                    lr = run.lr_scheduler.step_update(progress.num_updates)
+                    interval.add(update_stats, grad_norm)
+                else:
+                    handle_nonfinite_update(cfg, scaler, progress, logger)
+                optimizer.zero_grad()
             logger.advance(len(update_batches))
 
             # 7. Log every log_interval updates.
             if progress.num_updates % cfg.common.log_interval == 0 and interval.updates:
                 stats = interval.summary(
-                    criterion, progress, lr, scaler if precision == "fp16" else None
+                    run.criterion, progress, lr, scaler if precision == "fp16" else None
                 )
                 logger.record("train", stats, progress.num_updates)
                 logger.advance(0, stats)
@@ -183,16 +218,18 @@ def train(cfg: TrainConfig) -> Progress:
             # 8. Validate and save when due; decide whether to stop.
             progress.train_seconds = time.monotonic() - run_started
             stop_reason = mid_epoch_stop_reason(cfg, progress, optimizer.get_lr())
+            if flags["stop_signal"]:
+                stop_reason = f"received {signals.received or 'a stop signal on another rank'}"
             update_interval = cfg.dataset.validate_interval_updates
             save_interval = cfg.checkpoint.save_interval_updates
             due_validation = update_interval > 0 and progress.num_updates % update_interval == 0
             due_save = save_interval > 0 and progress.num_updates % save_interval == 0
             if due_validation or due_save or stop_reason:
-                stop_reason = validate_and_save(
-                    cfg, task, model, criterion, optimizer, lr_scheduler, scaler,
-                    train_iterator, progress, context, logger,
-                    end_of_epoch=False, validate=due_validation or bool(stop_reason),
-                ) or stop_reason  # fmt: skip
+                # A preempted job saves at once: the scheduler's grace period is short.
+                validate = (due_validation or bool(stop_reason)) and not flags["stop_signal"]
+                stop_reason = (
+                    validate_and_save(run, end_of_epoch=False, validate=validate) or stop_reason
+                )
             if stop_reason:
                 break
 
@@ -205,25 +242,122 @@ def train(cfg: TrainConfig) -> Progress:
                 cfg.dataset.validate_interval > 0
                 and progress.epoch % cfg.dataset.validate_interval == 0
             ) or bool(stop_reason)
-            stop_reason = validate_and_save(
-                cfg, task, model, criterion, optimizer, lr_scheduler, scaler,
-                train_iterator, progress, context, logger,
-                end_of_epoch=True, validate=validate_now,
-            ) or stop_reason  # fmt: skip
-
-    logger.info(
-        f"done: {stop_reason} | updates {progress.num_updates} | epoch {progress.epoch} | "
-        f"best {cfg.checkpoint.best_checkpoint_metric} {progress.best_metric} | "
-        f"{progress.train_seconds:.0f}s"
-    )
-    logger.close()
-    distributed.cleanup()
-    return progress
+            stop_reason = (
+                validate_and_save(run, end_of_epoch=True, validate=validate_now) or stop_reason
+            )
+    return stop_reason
 
 
 # --------------------------------------------------------------------------------------------
-# Helpers, in the order the loop uses them
+# Set-up, in the order it runs
 # --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def setup(cfg: TrainConfig) -> Any:
+    """Builds the run; everything that can refuse (paths, lock, resume compatibility, data
+    splits) is checked before any file of the run directory is written. Yields a
+    TrainingRun; on exit closes the log and releases the run lock."""
+    context = distributed.setup(cfg.distributed, cfg.common.device)
+    device = context.device
+    seed_everything(cfg.common.seed)
+    save_dir = Path(cfg.checkpoint.save_dir)
+    if not cfg.task.data:
+        raise ConfigError("task.data: set the data directory, e.g. task.data=data-bin")
+    if cfg.distributed.strategy == "fsdp" and cfg.common.precision == "fp16":
+        raise ConfigError(
+            "distributed.strategy=fsdp with common.precision=fp16: use bf16 (fp16 needs a "
+            "sharded loss scaler that nmtkit does not provide)"
+        )
+    if cfg.distributed.strategy == "fsdp" and cfg.optimization.skip_oom_batches:
+        raise ConfigError(
+            "optimization.skip_oom_batches=true works with distributed.strategy=ddp only"
+        )
+    with contextlib.ExitStack() as cleanup:
+        if context.is_main_process:
+            ensure_writable_dir(save_dir, "checkpoint.save_dir")
+            lock = RunLock(save_dir)
+            lock.acquire()
+            cleanup.callback(lock.release)
+            # Temporary files of writes a kill interrupted (checkpoints, the truncated log).
+            stale = remove_stale_temporaries(save_dir, ".checkpoint_*.pt.*")
+            stale += remove_stale_temporaries(save_dir, ".train_log.jsonl.*.tmp")
+        resume_state = find_resume_state(cfg, save_dir)
+
+        task = TASKS.build(cfg.task)
+        resume_warnings = []
+        if resume_state is not None and "training_state" in resume_state:
+            resume_warnings = check_resume_compatible(cfg, resume_state, task)
+        model = task.build_model(cfg.model).to(device)
+        criterion = task.build_criterion(cfg.criterion).to(device)
+        criterion.check_model(model)  # e.g. a CTC weight without a CTC head: fail before work
+        train_model = distributed.wrap_model(model, context, cfg.distributed, cfg.common.precision)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = OPTIMIZERS.build(cfg.optimizer, params)
+        lr_scheduler = LR_SCHEDULERS.build(
+            cfg.lr_scheduler,
+            optimizer,
+            base_lr=cfg.optimizer.lr,
+            total_updates=cfg.optimization.max_update or None,
+        )
+        scaler = torch.amp.GradScaler(
+            device.type,
+            init_scale=cfg.common.fp16_init_scale,
+            growth_interval=cfg.common.fp16_scale_window,
+            enabled=cfg.common.precision == "fp16",
+        )
+        progress = Progress()
+        if resume_state is not None:
+            progress = restore_training_state(
+                cfg, resume_state, model, optimizer, lr_scheduler, scaler
+            )
+        if not cfg.dataset.disable_validation:
+            # A missing valid split fails now, not at the first validation hours from now.
+            for subset in (s.strip() for s in cfg.dataset.valid_subset.split(",")):
+                task.load_dataset(subset, epoch=1, training=False, seed=cfg.common.seed)
+        train_iterator = task.batch_iterator(
+            cfg.dataset.train_subset,
+            cfg.dataset,
+            model_cfg=cfg.model,
+            epoch=progress.epoch,
+            seed=cfg.common.seed,
+            num_shards=context.world_size,
+            shard_id=context.rank,
+            training=True,
+        )
+        if resume_state is not None and "training_state" in resume_state:
+            training_state = resume_state["training_state"]
+            if not cfg.checkpoint.reset_dataloader:
+                train_iterator.load_state_dict(training_state["iterator"])
+            # After the data iterator exists: building it must not shift the random streams.
+            restore_rng_state(training_state["rng"], device)
+
+        # Everything that can refuse has been checked: now the run directory is written.
+        if context.is_main_process:
+            write_run_files(save_dir, cfg, task.data_fingerprint())
+            if resume_state is not None and "training_state" in resume_state:
+                truncate_train_log(save_dir, progress.num_updates)
+        logger = RunLogger(
+            save_dir, cfg.common.log_format, cfg.common.tensorboard_logdir, context.is_main_process
+        )
+        cleanup.callback(logger.close)
+        if context.is_main_process:
+            if lock.took_over:
+                logger.info(lock.took_over)
+            if stale:
+                logger.info(f"removed {len(stale)} unfinished file write(s) of a killed run")
+            if resume_state is not None:
+                describe_changed_settings(cfg, resume_state, logger)
+            for warning in resume_warnings:
+                logger.info(warning)
+            logger.info(
+                describe_run(cfg, model, device, context, progress, resume_state is not None)
+            )
+        yield TrainingRun(
+            cfg=cfg, context=context, task=task, model=model, train_model=train_model,
+            criterion=criterion, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler,
+            train_iterator=train_iterator, progress=progress, logger=logger, params=params,
+        )  # fmt: skip
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -235,7 +369,16 @@ def find_resume_state(cfg: TrainConfig, save_dir: Path) -> dict[str, Any] | None
     restore = Path(cfg.checkpoint.restore_file)
     restore = restore if restore.is_absolute() else save_dir / restore
     if restore.is_file():
-        return load_checkpoint(restore)
+        state = load_checkpoint(restore)
+        if "training_state" not in state:
+            # Restarting at update 0 over it would silently throw the run's counters away.
+            raise CheckpointError(
+                f"{restore}: has no training state (an exported or averaged model?), so "
+                "training cannot resume from it; move it away, or train from its weights in "
+                f"a new save_dir with checkpoint.finetune_from_model={restore}"
+            )
+        state["path"] = str(restore)
+        return state
     if cfg.checkpoint.restore_file != "checkpoint_last.pt":
         raise CheckpointError(f"checkpoint.restore_file={restore}: checkpoint not found")
     if cfg.checkpoint.finetune_from_model:
@@ -252,18 +395,28 @@ def restore_training_state(
     lr_scheduler: Any,
     scaler: torch.amp.GradScaler,
 ) -> Progress:
+    where = state.get("path", cfg.checkpoint.finetune_from_model)
     try:
-        model.load_state_dict(state["model"])
+        distributed.load_full_model_state_dict(model, state["model"])
     except RuntimeError as error:
         raise CheckpointError(
-            f"checkpoint does not fit the configured model ({str(error).splitlines()[0]}); "
+            f"{where}: does not fit the configured model ({describe_load_error(error)}); "
             "use the same model settings as the run that wrote it"
         ) from None
     if "training_state" not in state:  # finetune_from_model: weights only
         return Progress()
     training_state = state["training_state"]
     if not cfg.checkpoint.reset_optimizer:
-        optimizer.load_state_dict(training_state["optimizer"])
+        try:
+            distributed.load_full_optimizer_state_dict(
+                model, optimizer.optimizer, training_state["optimizer"]
+            )
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{where}: its optimizer state does not fit optimizer={cfg.optimizer._name} "
+                f"({describe_load_error(error)}); set checkpoint.reset_optimizer=true to start "
+                "the optimizer afresh"
+            ) from None
         scaler.load_state_dict(training_state["scaler"])
     if not cfg.checkpoint.reset_lr_scheduler:
         lr_scheduler.load_state_dict(training_state["lr_scheduler"])
@@ -277,6 +430,106 @@ def restore_training_state(
     if cfg.checkpoint.reset_meters:
         progress.train_seconds = 0.0
     return progress
+
+
+def describe_load_error(error: BaseException) -> str:
+    """The first line of torch's message, which names the tensor (missing, unexpected, or
+    'size mismatch for decoder.embed_tokens.weight: ... [64, 32] ... [80, 32]')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    detail = next((line for line in lines if line.startswith("size mismatch")), "")
+    return f"{lines[0]} {detail}".strip() if detail and detail != lines[0] else lines[0]
+
+
+# Groups whose component holds state in the checkpoint: a different one cannot resume it.
+RESUME_GROUPS = (
+    ("task", None),
+    ("model", None),
+    ("optimizer", "reset_optimizer"),
+    ("lr_scheduler", "reset_lr_scheduler"),
+)
+
+
+def check_resume_compatible(cfg: TrainConfig, state: dict[str, Any], task: Any) -> list[str]:
+    """Refuses, naming the key, a resume whose settings cannot continue the saved run; runs
+    before any file is written (config.yaml included). Returns warnings to log."""
+    where = state.get("path", "checkpoint")
+    saved = state.get("config") or {}
+    for group, reset in RESUME_GROUPS:
+        before = (saved.get(group) or {}).get("_name")
+        now = getattr(cfg, group)._name
+        if before != now and not (reset and getattr(cfg.checkpoint, reset)):
+            remedy = f"set checkpoint.{reset}=true to start it afresh, or " if reset else ""
+            raise CheckpointError(
+                f"{where}: was trained with {group}={before} but the config says {group}={now}; "
+                f"{remedy}use another checkpoint.save_dir"
+            )
+    before_data = {k: v for k, v in (state.get("data_fingerprint") or {}).items() if k != "data"}
+    now_data = {k: v for k, v in task.data_fingerprint().items() if k != "data"}
+    changed = sorted(k for k in before_data.keys() | now_data.keys()
+                     if before_data.get(k) != now_data.get(k))  # fmt: skip
+    if not before_data or not changed or cfg.checkpoint.reset_dataloader:
+        return []
+    differences = ", ".join(f"{k} {before_data.get(k)} -> {now_data.get(k)}" for k in changed)
+    if changed != ["fingerprint"]:
+        raise CheckpointError(
+            f"{where}: the training data changed since it was written ({differences}); the "
+            "saved data position means nothing on other data: set "
+            "checkpoint.reset_dataloader=true to continue from the start of an epoch"
+        )
+    # The same files preprocessed again (by a newer nmtkit, say) also get a new fingerprint,
+    # so a changed fingerprint alone is reported, not refused.
+    return [
+        f"warning: the training data's fingerprint changed since {where} was written "
+        f"({differences}); continuing at the saved data position; set "
+        "checkpoint.reset_dataloader=true if the data really changed"
+    ]
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def describe_changed_settings(cfg: TrainConfig, state: dict[str, Any], logger: RunLogger) -> None:
+    """A resume may change settings (lr, patience, ...): say which, so none changes silently."""
+    before = flatten_config(state.get("config") or {})
+    now = flatten_config(config_to_dict(cfg))
+    changed = [
+        f"{key} {before.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(before.keys() | now.keys())
+        if before.get(key) != now.get(key) and key != "defaults"
+    ]
+    if changed:
+        logger.info("resuming with changed settings: " + "; ".join(changed))
+
+
+def truncate_train_log(save_dir: Path, num_updates: int) -> None:
+    """Drops the records a killed run wrote after its last checkpoint: those updates are
+    redone now, and the log must not hold them twice."""
+    log_path = save_dir / "train_log.jsonl"
+    if not log_path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            update = json.loads(line).get("update", 0)
+        except (ValueError, AttributeError):
+            dropped += 1  # a line cut short by the kill
+            continue
+        if update > num_updates:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        with atomic_text_output(log_path) as file:
+            file.write("".join(line + "\n" for line in kept))
 
 
 def restore_rng_state(rng: dict[str, Any], device: torch.device) -> None:
@@ -344,22 +597,33 @@ class UpdateStats:
         self.sample_size += other.sample_size
         self.add(0, {**other.numbers, **other.tensors})
 
-    def all_reduce(self, context: distributed.DistributedContext) -> None:
-        """One collective for every statistic of the update (no-op on a single process)."""
+    def all_reduce(self, context: distributed.DistributedContext, **flags: bool) -> dict[str, bool]:
+        """One collective for every statistic of the update and the `flags` (returned true
+        when true on any rank); no collective on a single process."""
         if not context.is_distributed:
-            return
-        number_keys, tensor_keys = sorted(self.numbers), sorted(self.tensors)
+            return flags
+        flag_keys, number_keys, tensor_keys = (
+            sorted(flags),
+            sorted(self.numbers),
+            sorted(self.tensors),
+        )
         host = torch.tensor(
-            [self.sample_size, *(self.numbers[k] for k in number_keys)],
+            [
+                *(float(flags[k]) for k in flag_keys),
+                self.sample_size,
+                *(self.numbers[k] for k in number_keys),
+            ],
             dtype=torch.float64,
             device=context.device,
         )
         packed = torch.cat([host, *(self.tensors[k].reshape(1) for k in tensor_keys)])
         distributed.all_reduce_sum(packed, context)
         summed_host = packed[: len(host)].tolist()
+        summed_flags, summed_host = summed_host[: len(flag_keys)], summed_host[len(flag_keys) :]
         self.sample_size = summed_host[0]
         self.numbers = dict(zip(number_keys, summed_host[1:]))
         self.tensors = {k: packed[len(host) + i] for i, k in enumerate(tensor_keys)}
+        return {k: v > 0 for k, v in zip(flag_keys, summed_flags)}
 
     def totals(self) -> dict[str, float]:
         values = torch.stack(list(self.tensors.values())).tolist() if self.tensors else []
@@ -415,6 +679,38 @@ class IntervalStats:
         return stats
 
 
+def handle_out_of_memory(cfg: TrainConfig, progress: Progress, sample: dict[str, Any]) -> bool:
+    """With optimization.skip_oom_batches the update is dropped (returns True); otherwise a
+    one-line error with what to change."""
+    at = f"update {progress.num_updates + 1} (epoch {progress.epoch})"
+    size = sample.get("ntokens", "?")
+    if not cfg.optimization.skip_oom_batches:
+        raise TrainingError(
+            f"out of memory at {at} on a batch of {size} target tokens: lower "
+            "dataset.max_tokens (raise optimization.update_freq to keep the update size), "
+            "or set optimization.skip_oom_batches=true to skip such batches"
+        )
+    return True
+
+
+def as_rank_failure(error: RuntimeError, context: distributed.DistributedContext) -> Exception:
+    """A collective that failed because another rank died or timed out becomes one line; other
+    RuntimeErrors are bugs and keep their traceback."""
+    message = str(error)
+    markers = ("gloo", "NCCL", "nccl", "Connection closed", "Connection reset", "timed out",
+               "Timeout", "ProcessGroup", "DistBackendError")  # fmt: skip
+    is_collective = isinstance(error, torch.distributed.DistError) or any(
+        marker in message for marker in markers
+    )
+    if not (context.is_distributed and is_collective):
+        return error
+    first_line = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    return TrainingError(
+        f"rank {context.rank}: lost the other ranks ({first_line}); the rank that failed "
+        "printed its own error; checkpoint_last.pt holds the last saved update"
+    )
+
+
 def handle_nonfinite_update(
     cfg: TrainConfig, scaler: torch.amp.GradScaler, progress: Progress, logger: RunLogger
 ) -> None:
@@ -457,27 +753,16 @@ def mid_epoch_stop_reason(cfg: TrainConfig, progress: Progress, lr: float) -> st
     return ""
 
 
-def validate_and_save(
-    cfg: TrainConfig,
-    task: Any,
-    model: torch.nn.Module,
-    criterion: Any,
-    optimizer: Any,
-    lr_scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    train_iterator: Any,
-    progress: Progress,
-    context: distributed.DistributedContext,
-    logger: RunLogger,
-    *,
-    end_of_epoch: bool,
-    validate: bool,
-) -> str:
+def validate_and_save(run: TrainingRun, *, end_of_epoch: bool, validate: bool) -> str:
     """Validates (when asked), tracks the best metric, saves checkpoints; returns a stop
     reason when patience ran out, else ''."""
+    cfg, progress = run.cfg, run.progress
     metric_value = None
     if validate and not cfg.dataset.disable_validation:
-        stats = validation.validate(cfg, task, model, criterion, context, logger)
+        with validation_model(run) as model:
+            stats = validation.validate(
+                cfg, run.task, model, run.criterion, run.context, run.logger
+            )
         metric_name = cfg.checkpoint.best_checkpoint_metric
         if metric_name not in stats:
             raise ConfigError(
@@ -497,18 +782,18 @@ def validate_and_save(
             epoch=progress.epoch,
             **{f"best_{metric_name}": progress.best_metric},
         )
-        logger.record("valid", stats, progress.num_updates)
+        run.logger.record("valid", stats, progress.num_updates)
         if end_of_epoch:
-            lr_scheduler.step(progress.epoch, stats.get("loss"))
+            run.lr_scheduler.step(progress.epoch, stats.get("loss"))
     elif end_of_epoch:
-        lr_scheduler.step(progress.epoch, None)
-    if context.is_main_process and not cfg.checkpoint.no_save:
-        save_training_checkpoints(
-            cfg, task, model, optimizer, lr_scheduler, scaler, train_iterator, progress,
-            context.device, end_of_epoch=end_of_epoch,
-            is_best=metric_value is not None and progress.best_metric == metric_value
-            and progress.validations_without_improvement == 0,
-        )  # fmt: skip
+        run.lr_scheduler.step(progress.epoch, None)
+    if not cfg.checkpoint.no_save:
+        is_best = (
+            metric_value is not None
+            and progress.best_metric == metric_value
+            and progress.validations_without_improvement == 0
+        )
+        save_training_checkpoints(run, end_of_epoch=end_of_epoch, is_best=is_best)
     patience = cfg.checkpoint.patience
     if patience > 0 and progress.validations_without_improvement >= patience:
         return (
@@ -517,43 +802,52 @@ def validate_and_save(
     return ""
 
 
+@contextlib.contextmanager
+def validation_model(run: TrainingRun) -> Any:
+    """The model itself, or under FSDP an unsharded replica on each rank: decoding runs a
+    different number of forward passes per rank, which sharded layers (gathering their
+    weights in every forward) cannot do without hanging."""
+    if not distributed.is_sharded(run.model):
+        yield run.model
+        return
+    replica = run.task.build_model(run.cfg.model).to(run.context.device)
+    replica.load_state_dict(distributed.full_model_state_dict(run.model, rank0_only=False))
+    try:
+        yield replica
+    finally:
+        del replica
+
+
 def is_better(value: float, best: float | None, cfg: TrainConfig) -> bool:
     if best is None:
         return True
     return value > best if cfg.checkpoint.maximize_best_checkpoint_metric else value < best
 
 
-def save_training_checkpoints(
-    cfg: TrainConfig,
-    task: Any,
-    model: torch.nn.Module,
-    optimizer: Any,
-    lr_scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    train_iterator: Any,
-    progress: Progress,
-    device: torch.device,
-    *,
-    end_of_epoch: bool,
-    is_best: bool,
-) -> None:
+def save_training_checkpoints(run: TrainingRun, *, end_of_epoch: bool, is_best: bool) -> None:
     """checkpoint_last.pt always; checkpoint_<epoch>_<update>.pt at save intervals;
-    checkpoint_best.pt when the validation metric improved. One serialisation for all."""
-    save_dir = Path(cfg.checkpoint.save_dir)
+    checkpoint_best.pt when the validation metric improved. One serialisation for all.
+    Every rank takes part (FSDP gathers the shards); rank 0 writes."""
+    cfg, progress = run.cfg, run.progress
+    model_state = distributed.full_model_state_dict(run.model)
+    optimizer_state = distributed.full_optimizer_state_dict(run.model, run.optimizer.optimizer)
+    if not run.context.is_main_process:
+        return
     state = {
         "config": config_to_dict(cfg),
-        "model": distributed.unwrap_model(model).state_dict(),
-        "task": task.state_dict(),
-        "data_fingerprint": task.data_fingerprint(),
+        "model": model_state,
+        "task": run.task.state_dict(),
+        "data_fingerprint": run.task.data_fingerprint(),
         "training_state": {
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_state(device),
-            "iterator": train_iterator.state_dict(),
+            "optimizer": optimizer_state,
+            "lr_scheduler": run.lr_scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": rng_state(run.context.device),
+            "iterator": run.train_iterator.state_dict(),
             "progress": progress.__dict__.copy(),
         },
     }
+    save_dir = run.save_dir
     paths = [save_dir / "checkpoint_last.pt"]
     numbered = not cfg.checkpoint.no_epoch_checkpoints and (
         (end_of_epoch and progress.epoch % cfg.checkpoint.save_interval == 0)

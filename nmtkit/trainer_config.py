@@ -65,6 +65,9 @@ class OptimizationConfig:
     """Clip the gradient norm to this value (0 = no clipping; the norm is still logged)."""
     stop_min_lr: float = -1.0
     """Stop when the learning rate falls to or below this (-1 = never)."""
+    skip_oom_batches: bool = False
+    """Skip an update whose batch runs out of GPU memory (with a warning and a count) instead
+    of stopping; with several ranks all of them skip it (gradients then sync after backward)."""
 
     def validate(self) -> list[str]:
         errors = []

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nmtkit.errors import ConfigError, NmtkitError
+from nmtkit.output_files import describe_os_error, is_user_os_error
 from nmtkit.registry import Registry
 
 PLUGIN_ENTRY_POINT_GROUP = "nmtkit.plugins"
@@ -273,3 +274,9 @@ def run_cli(
         # `nmtkit-generate ... | head`: the reader left; not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except OSError as error:
+        # A full or read-only disk is the user's situation, not a bug: one line, no traceback.
+        if not is_user_os_error(error):
+            raise
+        print(f"{program}: error: {describe_os_error(error)}", file=sys.stderr)
+        sys.exit(1)
