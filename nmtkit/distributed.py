@@ -284,12 +284,16 @@ def release_cached_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def any_rank(flag: bool, context: DistributedContext) -> bool:
-    """True on every rank when `flag` is true on at least one."""
+def any_rank(flags: dict[str, bool], context: DistributedContext) -> dict[str, bool]:
+    """Each flag true on every rank when it is true on at least one."""
     if not context.is_distributed:
-        return flag
-    value = torch.tensor([float(flag)], dtype=torch.float64, device=context.device)
-    return bool(all_reduce_sum(value, context).item() > 0)
+        return flags
+    keys = sorted(flags)
+    values = torch.tensor(
+        [float(flags[k]) for k in keys], dtype=torch.float64, device=context.device
+    )
+    summed = all_reduce_sum(values, context).tolist()
+    return {k: v > 0 for k, v in zip(keys, summed)}
 
 
 def all_gather_objects(value: object, context: DistributedContext) -> list[object]:

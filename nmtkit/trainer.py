@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,8 +161,10 @@ def train_loop(run: TrainingRun, signals: StopSignals) -> str:
                             )
                         if sample.get("is_dummy"):
                             # A shard one batch short repeats a batch so ranks stay in step;
-                            # it must add nothing to gradients or statistics.
-                            loss, sample_size, logging_output = loss * 0.0, 0, {}
+                            # it adds nothing to gradients or statistics (zeros, not no keys:
+                            # every rank must send the same statistics to the all-reduce).
+                            loss, sample_size = loss * 0.0, 0
+                            logging_output = {k: v * 0 for k, v in logging_output.items()}
                         scaler.scale(loss).backward()
                 except torch.OutOfMemoryError:
                     out_of_memory = handle_out_of_memory(cfg, progress, sample)
@@ -170,9 +173,14 @@ def train_loop(run: TrainingRun, signals: StopSignals) -> str:
 
             # 5. Sum the token counts over ranks (with whether any rank ran out of memory or
             #    was asked to stop), then turn summed gradients into per-token ones.
-            flags = update_stats.all_reduce(
-                context, out_of_memory=out_of_memory, stop_signal=signals.received is not None
-            )
+            flags = {"out_of_memory": out_of_memory, "stop_signal": signals.received is not None}
+            if sync_by_hand:
+                # A rank that ran out of memory holds no statistics: agree on skipping first.
+                flags = distributed.any_rank(flags, context)
+                if not flags["out_of_memory"]:
+                    update_stats.all_reduce(context)
+            else:
+                flags = update_stats.all_reduce(context, **flags)
             if flags["out_of_memory"]:
                 optimizer.zero_grad()
                 progress.oom_skipped_updates += 1
@@ -705,6 +713,8 @@ def as_rank_failure(error: RuntimeError, context: distributed.DistributedContext
     if not (context.is_distributed and is_collective):
         return error
     first_line = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    # gloo prefixes its source location and appends advice: keep the first sentence.
+    first_line = re.sub(r"^\[[^\]]*\]\s*", "", first_line).split(". ")[0].rstrip(".")
     return TrainingError(
         f"rank {context.rank}: lost the other ranks ({first_line}); the rank that failed "
         "printed its own error; checkpoint_last.pt holds the last saved update"

@@ -171,6 +171,17 @@ def test_ddp_and_fsdp_match_one_process_and_resume_across_strategies(
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_ddp_epoch_end_with_a_padding_batch(data_dir: Path, tmp_path: Path) -> None:
+    """13 batches over 2 ranks: rank 1's last batch only pads its shard. Its statistics
+    (zeros) must have the layout of the others, or the all-reduce breaks (it did)."""
+    save_dir = tmp_path / "ddp"
+    result = torchrun(train_args(data_dir, save_dir, "dataset.max_tokens=350",
+                                 "dataset.disable_validation=true", "optimization.max_epoch=1"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["update"] for r in train_log(save_dir)] == list(range(1, 8))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_a_rank_that_raises_stops_every_rank(data_dir: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     result = torchrun(
@@ -180,7 +191,40 @@ def test_a_rank_that_raises_stops_every_rank(data_dir: Path, tmp_path: Path) -> 
     )  # fmt: skip
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr
+    assert "nmtkit-train: error: rank 0: lost the other ranks (Connection closed by peer" in (
+        result.stderr
+    )
     assert time.monotonic() - started < 120  # bounded: never the 30-minute default wait
+
+
+def test_out_of_memory_is_one_line_or_skipped(data_dir: Path, tmp_path: Path) -> None:
+    args = train_args(data_dir, tmp_path / "halt", *QUICK, "optimization.max_update=4")
+    result = run_with_fault("oom", 2, args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "out of memory at update 2" in result.stderr and "skip_oom_batches" in result.stderr
+
+    skip = tmp_path / "skip"
+    args = train_args(data_dir, skip, *QUICK, "optimization.max_update=4",
+                      "optimization.skip_oom_batches=true")  # fmt: skip
+    result = run_with_fault("oom", 2, args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped update 2: out of memory" in result.stderr
+    progress = load_checkpoint(skip / "checkpoint_last.pt")["training_state"]["progress"]
+    assert progress["num_updates"] == 4 and progress["oom_skipped_updates"] == 1
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_out_of_memory_on_one_rank_skips_the_update_on_all(data_dir: Path, tmp_path: Path) -> None:
+    save_dir = tmp_path / "ddp"
+    result = torchrun(
+        train_args(data_dir, save_dir, *QUICK, "optimization.max_update=3",
+                   "optimization.skip_oom_batches=true"),
+        driver=[str(FAULT_DRIVER), "oom", "2"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped update 2: out of memory on a rank" in result.stderr
+    progress = load_checkpoint(save_dir / "checkpoint_last.pt")["training_state"]["progress"]
+    assert progress["num_updates"] == 3 and progress["oom_skipped_updates"] == 1
 
 
 def test_resume_refusals_name_the_key_and_touch_no_file(

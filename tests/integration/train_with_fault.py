@@ -7,6 +7,8 @@ POINT is where the process kills itself with SIGKILL, at the N-th occurrence:
     checkpoint_write  after a checkpoint's temporary file is written, before its rename
     after_checkpoint  right after the N-th checkpoint save returned
     raise_on_rank1    (under torchrun) rank 1 raises a ValueError in update N
+    oom               the N-th training batch raises torch.OutOfMemoryError (on rank 1 only
+                      under torchrun), as a GPU that runs out of memory does
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import os
 import signal
 import sys
 
+import torch
+
 from nmtkit import output_files, trainer
+from nmtkit.tasks.base import Task
 from nmtkit_cli.train import cli_main
 
 
@@ -39,6 +44,9 @@ def fail_at(point: str, n: int) -> None:
                 if point == "raise_on_rank1":
                     if os.environ.get("RANK") == "1":
                         raise ValueError("injected failure on rank 1")
+                elif point == "oom":
+                    if os.environ.get("RANK", "1") == "1":
+                        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
                 else:
                     os.kill(os.getpid(), signal.SIGKILL)
             return original(*args, **kwargs)
@@ -47,6 +55,8 @@ def fail_at(point: str, n: int) -> None:
 
     if point in ("mid_update", "raise_on_rank1"):
         trainer.scale_gradients = counted(trainer.scale_gradients)
+    elif point == "oom":
+        Task.train_step = counted(Task.train_step)
     elif point == "checkpoint_write":
         output_files._publish = counted(output_files._publish)
     elif point == "after_checkpoint":
