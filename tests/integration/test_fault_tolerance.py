@@ -3,6 +3,7 @@ DDP/FSDP equivalence and cross-strategy resume, and the refusals of a bad resume
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -305,3 +306,39 @@ def test_checkpoint_integrity_lock_and_log(
     )
     assert code == 0 and f"took over the stale lock of pid {dead}" in err
     assert not lock.exists()
+
+
+def test_run_directory_problems_are_one_line(
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for save_dir, expected in ((a_file, "is a file, not a directory"),
+                               (a_file / "sub", "cannot write there")):  # fmt: skip
+        code, _, err = run_cli(
+            train_cli, train_args(data_dir, save_dir, *QUICK, "optimization.max_update=2"), capsys
+        )
+        assert code == 1 and f"checkpoint.save_dir={save_dir}" in err and expected in err
+        assert err.count("\n") == 1
+
+    # A disk that fills up while a checkpoint is written: one line, the last good one intact.
+    save_dir = tmp_path / "run"
+    train_cli(train_args(data_dir, save_dir, *QUICK, "optimization.max_update=2"))
+    before = (save_dir / "checkpoint_last.pt").read_bytes()
+
+    def full_disk(data: object, path: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("nmtkit.checkpoint.write_atomically", full_disk)
+    capsys.readouterr()
+    code, _, err = run_cli(
+        train_cli, train_args(data_dir, save_dir, *QUICK, "optimization.max_update=4"), capsys
+    )
+    assert code == 1 and "no space left on device at" in err and "checkpoint_" in err
+    assert err.strip().splitlines()[-1].startswith("nmtkit-train: error:")
+    assert "Traceback" not in err
+    assert (save_dir / "checkpoint_last.pt").read_bytes() == before
+    assert not (save_dir / "train.lock").exists()
