@@ -66,9 +66,18 @@ class CheckpointConfig:
     finetune_from_model: Optional[str] = None
     """Start from these model weights only (fresh optimizer, scheduler, data, counters);
     ignored when save_dir already holds a checkpoint to resume from."""
+    init_encoder_from: Optional[str] = None
+    """Start the encoder (and the feature normalisation, CMVN) from this checkpoint's, e.g. an
+    ASR model's for speech translation; everything else starts fresh. Ignored when save_dir
+    already holds a checkpoint to resume from."""
 
     def validate(self) -> list[str]:
         errors = []
+        if self.finetune_from_model and self.init_encoder_from:
+            errors.append(
+                "finetune_from_model/init_encoder_from: give one of them (the first loads all "
+                "weights, the second only the encoder's)"
+            )
         if self.keep_last_n == 0 or self.keep_last_n < -1:
             errors.append(f"keep_last_n={self.keep_last_n}: use -1 (keep all) or a positive count")
         if self.save_interval < 1 or self.save_interval_updates < 0:
@@ -158,6 +167,45 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry (corrupt?)")
     return state
+
+
+# Weights that belong to the encoder: its parameters and the feature normalisation it was
+# trained with.
+ENCODER_PREFIXES = ("encoder.", "cmvn_")
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Copies the encoder weights of the checkpoint at `path` into `model`; returns the names
+    loaded. Shapes must agree: the first mismatch is named."""
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    names = [name for name in state if name.startswith(ENCODER_PREFIXES)]
+    if not names:
+        raise CheckpointError(f"checkpoint.init_encoder_from={path}: has no encoder weights")
+    missing = [name for name in names if name not in own]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint.init_encoder_from={path}: its encoder has {missing[0]}, which the "
+            f"configured model lacks ({len(missing)} such tensors); use the same encoder "
+            "settings (layers, dimensions) as that model"
+        )
+    for name in names:
+        if state[name].shape != own[name].shape:
+            raise CheckpointError(
+                f"checkpoint.init_encoder_from={path}: {name} has shape "
+                f"{list(state[name].shape)} there but {list(own[name].shape)} in the configured "
+                "model; use the same encoder settings as that model"
+            )
+    not_loaded = [n for n in own if n.startswith(ENCODER_PREFIXES) and n not in state]
+    if not_loaded:
+        raise CheckpointError(
+            f"checkpoint.init_encoder_from={path}: lacks {not_loaded[0]} of the configured "
+            f"encoder ({len(not_loaded)} such tensors); use the same encoder settings"
+        )
+    with torch.no_grad():
+        for name in names:
+            own[name].copy_(state[name])
+    return names
 
 
 def strip_training_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,12 @@ import numpy as np
 import torch
 
 from nmtkit import distributed, validation
-from nmtkit.checkpoint import load_checkpoint, numbered_checkpoints, save_checkpoint
+from nmtkit.checkpoint import (
+    load_checkpoint,
+    load_encoder_weights,
+    numbered_checkpoints,
+    save_checkpoint,
+)
 from nmtkit.config.launcher import config_to_dict
 from nmtkit.config.train import TrainConfig
 from nmtkit.errors import CheckpointError, ConfigError, NmtkitError
@@ -297,6 +302,10 @@ def setup(cfg: TrainConfig) -> Any:
         model = task.build_model(cfg.model).to(device)
         criterion = task.build_criterion(cfg.criterion).to(device)
         criterion.check_model(model)  # e.g. a CTC weight without a CTC head: fail before work
+        encoder_source = cfg.checkpoint.init_encoder_from
+        loaded_encoder = []
+        if encoder_source and resume_state is None:
+            loaded_encoder = load_encoder_weights(model, encoder_source)
         train_model = distributed.wrap_model(model, context, cfg.distributed, cfg.common.precision)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = OPTIMIZERS.build(cfg.optimizer, params)
@@ -352,6 +361,18 @@ def setup(cfg: TrainConfig) -> Any:
                 logger.info(lock.took_over)
             if stale:
                 logger.info(f"removed {len(stale)} unfinished file write(s) of a killed run")
+            if loaded_encoder:
+                layers = {
+                    n.split(".")[2] for n in loaded_encoder if n.startswith("encoder.layers.")
+                }
+                logger.info(
+                    f"initialised the encoder from {encoder_source}: {len(loaded_encoder)} "
+                    f"tensors ({len(layers)} layers, "
+                    f"{sum(model.state_dict()[n].numel() for n in loaded_encoder):,} values"
+                    f"{', CMVN' if any(n.startswith('cmvn_') for n in loaded_encoder) else ''})"
+                )
+            elif encoder_source:
+                logger.info(f"checkpoint.init_encoder_from ignored: resuming from {save_dir}")
             if resume_state is not None:
                 describe_changed_settings(cfg, resume_state, logger)
             for warning in resume_warnings:

@@ -7,8 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from nmtkit.checkpoint import load_checkpoint, load_encoder_weights
+from nmtkit.config.train import restore_train_config
 from nmtkit.scoring import score_corpus
+from nmtkit.tasks import TASKS
 from nmtkit_cli.generate import cli_main as generate_cli
 from nmtkit_cli.preprocess import cli_main as preprocess_cli
 from nmtkit_cli.train import cli_main as train_cli
@@ -237,3 +241,47 @@ def test_speech_checkpoint_needs_a_speech_model(
     )  # fmt: skip
     assert code != 0
     assert len(err.strip().splitlines()) == 1 and "speech model" in err
+
+
+def test_init_encoder_from_loads_exactly_the_encoder(
+    asr_run: Path, asr_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ASR -> ST transfer: encoder and CMVN come from the ASR checkpoint, nothing else."""
+    asr_checkpoint = asr_run / "checkpoint_last.pt"
+    saved = load_checkpoint(asr_checkpoint)
+    config = restore_train_config(saved["config"])
+    model = TASKS.build(config.task).build_model(config.model)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded = load_encoder_weights(model, asr_checkpoint)
+    assert set(loaded) == {k for k in fresh if k.startswith(("encoder.", "cmvn_"))}
+    for name, tensor in model.state_dict().items():
+        expected = saved["model"][name] if name in loaded else fresh[name]
+        assert torch.equal(tensor, expected), name
+
+    # Through the CLI: a model with a source-side CTC head (multitask ST) starts from it.
+    code, _, err = run_cli(
+        train_cli,
+        speech_train_args(asr_data, tmp_path / "st", "optimization.max_update=1",
+                          "dataset.disable_validation=true", "model.ctc_head=source",
+                          f"checkpoint.init_encoder_from={asr_checkpoint}"),
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and "ctc_source" in err  # this data has no transcripts for a source CTC
+    code, _, err = run_cli(
+        train_cli,
+        speech_train_args(asr_data, tmp_path / "st", "optimization.max_update=1",
+                          "dataset.disable_validation=true",
+                          f"checkpoint.init_encoder_from={asr_checkpoint}"),
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"initialised the encoder from {asr_checkpoint}" in err and "2 layers" in err
+    code, _, err = run_cli(
+        train_cli,
+        speech_train_args(asr_data, tmp_path / "wide", "optimization.max_update=1",
+                          "model.encoder_ffn_embed_dim=48",
+                          f"checkpoint.init_encoder_from={asr_checkpoint}"),
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and "encoder.layers.0." in err and "[64, 32]" in err
+    assert err.count("\n") == 1
