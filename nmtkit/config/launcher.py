@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nmtkit.errors import ConfigError, NmtkitError
 from nmtkit.output_files import describe_os_error, is_user_os_error
 from nmtkit.registry import Registry
+from nmtkit.version import __version__
 
 PLUGIN_ENTRY_POINT_GROUP = "nmtkit.plugins"
 _imported_user_dirs: set[str] = set()
@@ -86,8 +87,8 @@ def _split_argv(argv: Sequence[str]) -> tuple[dict[str, str | bool], list[str]]:
     args = list(argv)
     while args:
         arg = args.pop(0)
-        if arg in ("-h", "--help", "--cfg"):
-            flags[arg.lstrip("-")] = True
+        if arg in ("-h", "--help", "--cfg", "--version", "-V"):
+            flags[{"-V": "version"}.get(arg, arg.lstrip("-"))] = True
         elif arg.startswith(("--config-dir", "--config-name", "-cd", "-cn")):
             key = "config_dir" if arg.startswith(("--config-dir", "-cd")) else "config_name"
             if "=" in arg:
@@ -98,6 +99,12 @@ def _split_argv(argv: Sequence[str]) -> tuple[dict[str, str | bool], list[str]]:
                 raise ConfigError(f"{arg} needs a value")
         elif arg.startswith("-"):
             raise ConfigError(f"unknown option '{arg}': settings are key=value (see --help)")
+        elif arg.split("=", 1)[0].lstrip("+~").startswith("hydra."):
+            # The compose API has no Hydra run directory or job settings: never ignore them.
+            raise ConfigError(
+                f"{arg}: hydra.* settings are not used by nmtkit (no outputs/ folder, no change "
+                "of working directory); the run directory is checkpoint.save_dir"
+            )
         else:
             overrides.append(arg)
     return flags, overrides
@@ -109,6 +116,7 @@ def compose_config(
     config_class: type,
     config_dir: str | None = None,
     validate: bool = True,
+    groups: dict[str, Registry[Any]] | None = None,
 ) -> Any:
     """Composes, converts to dataclass objects and validates; raises ConfigError on mistakes."""
     try:
@@ -121,6 +129,14 @@ def compose_config(
             context = initialize(version_base=None, config_path=None)
         with context:
             composed = compose(config_name=config_name, overrides=list(overrides))
+        unknown = unknown_keys(
+            OmegaConf.to_container(composed, resolve=False), config_class, groups
+        )
+        if unknown:
+            raise ConfigError(
+                f"{unknown[0]}: no such setting (added with '+'?); settings are listed by "
+                "--help, and a key added with '+' would be ignored"
+            )
         config = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as error:
         cause = error.__cause__
@@ -135,6 +151,34 @@ def compose_config(
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
     return config
+
+
+def unknown_keys(
+    values: Any, schema: Any, groups: dict[str, Registry[Any]] | None = None, prefix: str = ""
+) -> list[str]:
+    """Keys of the composed config that no dataclass field declares (`+foo=1` appends them, and
+    converting to the dataclass would drop them silently)."""
+    if not isinstance(values, dict) or not dataclasses.is_dataclass(schema):
+        return []
+    fields = {field.name: field for field in dataclasses.fields(schema)}
+    found = []
+    for key, value in values.items():
+        if key not in fields:
+            found.append(f"{prefix}{key}")
+            continue
+        if not isinstance(value, dict):
+            continue
+        child: Any = None
+        if fields[key].default_factory is not dataclasses.MISSING:
+            child = fields[key].default_factory
+        elif groups and not prefix and key in groups and value.get("_name"):
+            try:
+                child = groups[key].entry(value["_name"]).config_class
+            except NmtkitError:
+                child = None
+        if dataclasses.is_dataclass(child):
+            found += unknown_keys(value, child, None, f"{prefix}{key}.")
+    return found
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -200,18 +244,41 @@ def field_docs(config_class: type) -> dict[str, str]:
     return docs
 
 
+def field_value(config: Any, field: dataclasses.Field) -> Any:
+    """The value of a field of a config object, or its default when `config` is the class."""
+    if not isinstance(config, type):
+        return getattr(config, field.name)
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return "???"  # required: no default
+
+
+def show_value(value: Any) -> str:
+    """One line per setting, written as it is typed on the command line ([0.9,0.98])."""
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(show_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{show_value(item)}" for key, item in value.items()) + "}"
+    return OmegaConf.to_yaml({"v": value}).strip()[3:]
+
+
 def describe_config(config: Any, prefix: str = "") -> list[str]:
-    """Lines `key=default  # doc` for every field of a config dataclass, recursively."""
+    """Lines `key=default  # doc` for every field of a config dataclass (an object, or the class
+    for its defaults), recursively."""
     lines: list[str] = []
-    docs = field_docs(type(config))
+    docs = field_docs(config if isinstance(config, type) else type(config))
     for field in dataclasses.fields(config):
         if field.name.startswith("_") or field.name == "defaults":
             continue
-        value = getattr(config, field.name)
+        value = field_value(config, field)
         if dataclasses.is_dataclass(value):
             lines.extend(describe_config(value, f"{prefix}{field.name}."))
             continue
-        shown = OmegaConf.to_yaml({"v": value}).strip()[3:] if value is not None else "null"
+        shown = show_value(value)
         doc = docs.get(field.name, "")
         lines.append(f"  {prefix}{field.name}={shown}" + (f"    # {doc}" if doc else ""))
     return lines
@@ -252,14 +319,18 @@ def run_cli(
         store_configs(top_level, groups)
         name = str(flags.get("config_name", config_name))
         directory = flags.get("config_dir")
+        if flags.get("version"):
+            print(f"{program} {__version__}")
+            return
         if flags.get("h") or flags.get("help"):
             try:
                 config = compose_config(name, overrides, config_class, directory, validate=False)  # type: ignore[arg-type]
             except ConfigError:
-                config = None
+                # Required settings (nmtkit-score's hyp/ref) are unset: describe the defaults.
+                config = config_class
             _print_help(program, main, groups, config)
             return
-        config = compose_config(name, overrides, config_class, directory)  # type: ignore[arg-type]
+        config = compose_config(name, overrides, config_class, directory, groups=groups)  # type: ignore[arg-type]
         if flags.get("cfg"):
             print(config_to_yaml(config), end="")
             return

@@ -99,7 +99,8 @@ def test_experiment_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_help_lists_groups_and_documented_settings(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--help", "model=transformer_tiny"], capsys)
     assert code == 0
-    assert "model: s2t_transformer, " in out and "transformer_big" in out
+    model_line = next(line for line in out.splitlines() if line.startswith("  model: "))
+    assert "s2t_transformer, " in model_line and "transformer_big" in model_line
     assert "model.encoder_layers=1" in out
     assert "# Seed for python, numpy and torch" in out
 
@@ -179,3 +180,38 @@ def test_console_script_exits_nonzero_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("nmtkit-train: error:") and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # no outputs/ folder, nothing written
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("+foo=1", "foo: no such setting"),
+        ("+common.typo_seed=3", "common.typo_seed: no such setting"),
+        ("+model.extra=1", "model.extra: no such setting"),
+        ("hydra.run.dir=outputs/x", "hydra.* settings are not used by nmtkit"),
+        ("+hydra.job.chdir=true", "hydra.* settings are not used by nmtkit"),
+    ],
+)
+def test_added_and_hydra_keys_are_refused_not_dropped(
+    override: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["--cfg", *BASE, "model=transformer_tiny", override], capsys)
+    assert code == 1 and expected in err and err.count("\n") == 1
+
+
+def test_double_plus_overrides_an_existing_key(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--cfg", *BASE, "++common.seed=7"], capsys)
+    assert code == 0 and yaml.safe_load(out)["common"]["seed"] == 7
+
+
+def test_help_shows_lists_inline_version_and_required_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from nmtkit_cli.score import cli_main as score_cli
+
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0 and "  optimizer.betas=[0.9,0.999]    # " in out
+    code, out, _ = run_cli(score_cli, ["--help"], capsys)
+    assert code == 0 and "  hyp=???    # Hypothesis file" in out and "  metrics=[bleu]" in out
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.startswith("nmtkit-train ") and out.count("\n") == 1
