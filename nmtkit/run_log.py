@@ -83,6 +83,8 @@ class RunLogger:
 
             self.tensorboard = SummaryWriter(tensorboard_logdir)
         self.progress_bar: Any = None
+        self.epoch = 0
+        self.last_train_stats: dict[str, Any] | None = None
 
     def info(self, message: str) -> None:
         if not self.enabled or self.log_format == "none":
@@ -93,6 +95,7 @@ class RunLogger:
             print(message, file=sys.stderr, flush=True)
 
     def start_epoch(self, epoch: int, total_batches: int, start: int) -> None:
+        self.epoch, self.last_train_stats = epoch, None
         if self.enabled and self.log_format == "tqdm":
             from tqdm import tqdm
 
@@ -109,9 +112,13 @@ class RunLogger:
                 )
 
     def end_epoch(self) -> None:
+        """The bar of the epoch disappears; a summary line of its last statistics stays."""
         if self.progress_bar is not None:
             self.progress_bar.close()
             self.progress_bar = None
+            if self.last_train_stats:
+                self.info(f"epoch {self.epoch:03d} | {format_stats(self.last_train_stats)}")
+        self.last_train_stats = None
 
     def record(self, kind: str, stats: dict[str, Any], step: int) -> None:
         """One JSON line per training log interval or validation; the same numbers go to
@@ -119,6 +126,8 @@ class RunLogger:
         if not self.enabled:
             return
         assert self.jsonl is not None
+        if kind == "train":
+            self.last_train_stats = stats
         self.jsonl.write(json.dumps({"kind": kind, **stats}) + "\n")
         self.jsonl.flush()
         if self.tensorboard is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,17 @@ def test_patience_stops_training(
     assert code == 0
     assert "no improvement of loss in 2 validations" in err
     assert max(r["update"] for r in train_log(tmp_path)) < 50
+
+
+def test_progress_bar_mode_keeps_a_summary_line_per_epoch(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a terminal the bar of each epoch vanishes; its last training statistics stay."""
+    train_cli(train_args(data_dir, tmp_path / "run", "common.log_format=tqdm",
+                         "optimization.max_epoch=2", "dataset.disable_validation=true",
+                         "dataset.max_tokens=2000", "common.log_interval=2"))  # fmt: skip
+    err = capsys.readouterr().err
+    # (splitlines also splits the bar's carriage-return redraws, which start with its desc.)
+    summaries = [line for line in err.splitlines() if re.match(r"epoch \d{3} \| update ", line)]
+    assert [line[:9] for line in summaries] == ["epoch 001", "epoch 002"]
+    assert all("| loss " in line for line in summaries)
