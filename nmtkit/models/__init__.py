@@ -16,7 +16,14 @@ from nmtkit.registry import Registry
 MODELS: Registry[nn.Module] = Registry("model", nn.Module)
 register_model = MODELS.register
 
-from nmtkit.models.s2t_transformer import (  # noqa: E402  (registration needs MODELS above)
+from nmtkit.models.conformer import (  # noqa: E402  (registration needs MODELS above)
+    PRESETS as S2T_CONFORMER_PRESETS,
+)
+from nmtkit.models.conformer import (  # noqa: E402
+    S2TConformerConfig,
+    S2TConformerModel,
+)
+from nmtkit.models.s2t_transformer import (  # noqa: E402
     PRESETS as S2T_TRANSFORMER_PRESETS,
 )
 from nmtkit.models.s2t_transformer import (  # noqa: E402
@@ -38,3 +45,7 @@ for _name, _make_config in TRANSFORMER_PRESETS.items():
 MODELS.register("s2t_transformer", S2TTransformerConfig)(S2TTransformerModel)
 for _name, _make_config in S2T_TRANSFORMER_PRESETS.items():
     MODELS.register_preset(_name, "s2t_transformer", _make_config)
+
+MODELS.register("s2t_conformer", S2TConformerConfig)(S2TConformerModel)
+for _name, _make_config in S2T_CONFORMER_PRESETS.items():
+    MODELS.register_preset(_name, "s2t_conformer", _make_config)

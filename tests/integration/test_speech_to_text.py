@@ -285,3 +285,35 @@ def test_init_encoder_from_loads_exactly_the_encoder(
     )  # fmt: skip
     assert code == 1 and "encoder.layers.0." in err and "[64, 32]" in err
     assert err.count("\n") == 1
+
+
+def test_conformer_trains_and_decodes(
+    asr_data: Path,
+    speech_corpus: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """model=s2t_conformer_tiny through the CLIs: two joint CTC/attention updates, then
+    generation from the checkpoint alone (about 3 s)."""
+    save_dir = tmp_path / "conformer"
+    code, _, err = run_cli(
+        train_cli,
+        ["task=speech_to_text", f"task.data={asr_data}", "model=s2t_conformer_tiny",
+         "model.ctc_head=target", "criterion=label_smoothed_cross_entropy_with_ctc",
+         "optimizer=adam", "optimizer.lr=0.01", "dataset.max_tokens=2000",
+         "optimization.max_update=2", "common.log_interval=1", "dataset.disable_validation=true",
+         f"checkpoint.save_dir={save_dir}", "checkpoint.no_epoch_checkpoints=true"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    records = train_log(save_dir, "train")
+    assert [r["update"] for r in records] == [1, 2]
+    assert all(r["loss"] > 0 and r["ctc_loss"] > 0 for r in records)
+    code, out, err = run_cli(
+        generate_cli,
+        [f"checkpoint={save_dir / 'checkpoint_last.pt'}", f"input={speech_corpus['test']}",
+         "beam=2", "max_len_b=5"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert len(out.splitlines()) == 12
