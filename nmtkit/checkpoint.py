@@ -66,6 +66,10 @@ class CheckpointConfig:
     finetune_from_model: Optional[str] = None
     """Start from these model weights only (fresh optimizer, scheduler, data, counters);
     ignored when save_dir already holds a checkpoint to resume from."""
+    refuse_duplicate: bool = False
+    """Refuse to start when a finished run of the same experiment (same experiment id: config
+    without paths/logging/device keys, data fingerprint, nmtkit version) sits beside save_dir;
+    by default that run is named in a warning."""
     init_encoder_from: Optional[str] = None
     """Start the encoder (and the feature normalisation, CMVN) from this checkpoint's, e.g. an
     ASR model's for speech translation; everything else starts fresh. Ignored when save_dir

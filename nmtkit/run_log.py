@@ -3,6 +3,7 @@ console output of training: a progress bar on a terminal, plain log lines otherw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from nmtkit.config.launcher import config_to_yaml
+from nmtkit.output_files import write_atomically
 from nmtkit.version import __version__
 
 
@@ -43,12 +45,98 @@ def environment_record() -> dict[str, Any]:
     }
 
 
-def write_run_files(save_dir: Path, config: Any, data_fingerprint: dict[str, Any]) -> None:
-    """config.yaml (resolved) and env.json (versions, host, devices, data fingerprint)."""
+# Settings that say where a run writes or how it reports, not what it computes: two runs that
+# differ only in these are the same experiment.
+NOT_IDENTIFYING = (
+    "checkpoint.save_dir",
+    "checkpoint.restore_file",
+    "checkpoint.refuse_duplicate",
+    "common.log_format",
+    "common.log_interval",
+    "common.tensorboard_logdir",
+    "common.device",
+    "common.user_dir",
+    "common.plot",
+    "task.data",
+    "distributed.",
+    "dataset.num_workers",
+)
+
+
+def experiment_id(config: dict[str, Any], data_fingerprint: dict[str, Any]) -> str:
+    """sha256 (first 16 hex digits) of the resolved config without paths, logging and device
+    keys, the data's fingerprint (not its location) and the nmtkit version."""
+
+    def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    settings = {
+        key: value
+        for key, value in flatten(config).items()
+        if key != "defaults" and not key.startswith(NOT_IDENTIFYING)
+    }
+    data = {key: value for key, value in data_fingerprint.items() if key != "data"}
+    content = {"config": settings, "data": data, "nmtkit_version": __version__}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
+
+
+def finished_duplicates(save_dir: Path, identity: str) -> list[Path]:
+    """Finished runs of the same experiment in the folders beside `save_dir`."""
+    parent = save_dir.resolve().parent
+    found = []
+    for env_file in sorted(parent.glob("*/env.json")):
+        other = env_file.parent
+        if other == save_dir.resolve():
+            continue
+        try:
+            same = json.loads(env_file.read_text()).get("experiment_id") == identity
+            status = json.loads((other / RUN_STATUS).read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if same and status == "finished":
+            found.append(other)
+    return found
+
+
+def write_run_files(
+    save_dir: Path, config: Any, data_fingerprint: dict[str, Any], identity: str
+) -> None:
+    """config.yaml (resolved) and env.json (versions, host, devices, data fingerprint,
+    experiment id); a run_status.json of an earlier attempt is removed: the run goes on."""
     save_dir.mkdir(parents=True, exist_ok=True)
-    (save_dir / "config.yaml").write_text(config_to_yaml(config))
-    record = {**environment_record(), "data": data_fingerprint, "started": time.time()}
-    (save_dir / "env.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_atomically(config_to_yaml(config).encode(), save_dir / "config.yaml")
+    record = {
+        **environment_record(),
+        "experiment_id": identity,
+        "data": data_fingerprint,
+        "started": time.time(),
+    }
+    write_atomically((json.dumps(record, indent=2) + "\n").encode(), save_dir / "env.json")
+    (save_dir / RUN_STATUS).unlink(missing_ok=True)
+
+
+RUN_STATUS = "run_status.json"
+
+
+def write_run_status(save_dir: Path, status: str, reason: str, updates: int, epoch: int) -> None:
+    """How the run ended: finished (a stopping criterion) or stopped (signal, error), and why;
+    `nmtkit-runs` reads it."""
+    record = {
+        "status": status,
+        "reason": reason,
+        "updates": updates,
+        "epoch": epoch,
+        "ended": time.time(),
+    }
+    write_atomically((json.dumps(record, indent=2) + "\n").encode(), save_dir / RUN_STATUS)
 
 
 def format_stats(stats: dict[str, float]) -> str:

@@ -41,7 +41,13 @@ from nmtkit.optim import LR_SCHEDULERS, OPTIMIZERS
 from nmtkit.output_files import atomic_text_output, ensure_writable_dir, remove_stale_temporaries
 from nmtkit.preemption import StopSignals
 from nmtkit.run_lock import RunLock
-from nmtkit.run_log import RunLogger, write_run_files
+from nmtkit.run_log import (
+    RunLogger,
+    experiment_id,
+    finished_duplicates,
+    write_run_files,
+    write_run_status,
+)
 from nmtkit.tasks import TASKS
 
 
@@ -100,14 +106,27 @@ def train(cfg: TrainConfig) -> Progress:
     with StopSignals() as signals, setup(cfg) as run:
         try:
             stop_reason = train_loop(run, signals)
-        except RuntimeError as error:
-            raise as_rank_failure(error, run.context) from None
+        except BaseException as error:
+            failure = (
+                as_rank_failure(error, run.context) if isinstance(error, RuntimeError) else error
+            )
+            record_end(run, "stopped", describe_failure(failure))
+            if failure is error:
+                raise
+            raise failure from None
         progress = run.progress
+        record_end(run, "stopped" if signals.received else "finished", stop_reason)
         run.logger.info(
             f"done: {stop_reason} | updates {progress.num_updates} | epoch {progress.epoch} | "
             f"best {cfg.checkpoint.best_checkpoint_metric} {progress.best_metric} | "
             f"{progress.train_seconds:.0f}s"
         )
+        if cfg.common.plot and run.context.is_main_process:
+            from nmtkit.runs import plot_runs  # matplotlib is an optional extra
+
+            plot_path = run.save_dir / "training.png"
+            plot_runs([run.save_dir], plot_path)
+            run.logger.info(f"plotted the run: {plot_path}")
     distributed.cleanup()
     if signals.received:
         raise Preempted(
@@ -115,6 +134,21 @@ def train(cfg: TrainConfig) -> Progress:
             f"{run.save_dir / 'checkpoint_last.pt'}; run the same command again to resume"
         )
     return progress
+
+
+def record_end(run: TrainingRun, status: str, reason: str) -> None:
+    if run.context.is_main_process:
+        progress = run.progress
+        write_run_status(run.save_dir, status, reason, progress.num_updates, progress.epoch)
+
+
+def describe_failure(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(error, SystemExit):
+        return f"stopped at once (exit code {error.code})"
+    first_line = next((line for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 
 
 def train_loop(run: TrainingRun, signals: StopSignals) -> str:
@@ -347,9 +381,19 @@ def setup(cfg: TrainConfig) -> Any:
             # After the data iterator exists: building it must not shift the random streams.
             restore_rng_state(training_state["rng"], device)
 
+        identity = experiment_id(config_to_dict(cfg), task.data_fingerprint())
+        duplicates = []
+        if context.is_main_process and not (resume_state and "training_state" in resume_state):
+            duplicates = finished_duplicates(save_dir, identity)
+            if duplicates and cfg.checkpoint.refuse_duplicate:
+                raise ConfigError(
+                    f"checkpoint.refuse_duplicate=true: {duplicates[0]} already ran this "
+                    f"experiment (id {identity}: same settings, data and nmtkit version)"
+                )
+
         # Everything that can refuse has been checked: now the run directory is written.
         if context.is_main_process:
-            write_run_files(save_dir, cfg, task.data_fingerprint())
+            write_run_files(save_dir, cfg, task.data_fingerprint(), identity)
             if resume_state is not None and "training_state" in resume_state:
                 truncate_train_log(save_dir, progress.num_updates)
         logger = RunLogger(
@@ -377,6 +421,12 @@ def setup(cfg: TrainConfig) -> Any:
                 describe_changed_settings(cfg, resume_state, logger)
             for warning in resume_warnings:
                 logger.info(warning)
+            if duplicates:
+                logger.info(
+                    f"warning: {duplicates[0]} already finished this experiment (id {identity}: "
+                    "same settings, data and nmtkit version); set "
+                    "checkpoint.refuse_duplicate=true to refuse such repeats"
+                )
             logger.info(
                 describe_run(cfg, model, device, context, progress, resume_state is not None)
             )

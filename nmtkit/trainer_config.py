@@ -31,6 +31,9 @@ class CommonConfig:
     """Initial loss scale for fp16."""
     fp16_scale_window: int = 2000
     """Updates without overflow before the loss scale grows."""
+    plot: bool = False
+    """At the end of training draw training.png in save_dir (loss, learning rate, BLEU/WER
+    against updates); needs matplotlib (pip install nmtkit[plot])."""
     min_loss_scale: float = 1e-4
     """Stop with an explanation when the fp16 loss scale falls below this."""
 

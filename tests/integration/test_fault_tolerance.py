@@ -88,6 +88,8 @@ def test_sigterm_saves_at_the_current_update_and_resumes_exactly(
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == PREEMPTED_EXIT_CODE, stderr[-2000:]
     assert "received SIGTERM" in stderr and "Traceback" not in stderr
+    status = json.loads((stopped / "run_status.json").read_text())
+    assert status["status"] == "stopped" and status["reason"] == "received SIGTERM"
     saved = load_checkpoint(stopped / "checkpoint_last.pt")["training_state"]["progress"]
     logged = losses(stopped)
     assert saved["num_updates"] == logged[-1][0] >= 3  # the update the signal interrupted
@@ -342,3 +344,46 @@ def test_run_directory_problems_are_one_line(
     assert "Traceback" not in err
     assert (save_dir / "checkpoint_last.pt").read_bytes() == before
     assert not (save_dir / "train.lock").exists()
+
+
+def test_experiment_id_status_and_duplicate_runs(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    train_cli(train_args(data_dir, first, *QUICK, "optimization.max_update=2"))
+    env = json.loads((first / "env.json").read_text())
+    status = json.loads((first / "run_status.json").read_text())
+    assert len(env["experiment_id"]) == 16
+    assert status["status"] == "finished" and status["reason"] == "reached max_update=2"
+    capsys.readouterr()
+    # The same experiment in another folder (paths and logging do not count): a warning...
+    code, _, err = run_cli(
+        train_cli,
+        train_args(data_dir, second, *QUICK, "optimization.max_update=2", "common.log_interval=5"),
+        capsys,
+    )
+    assert code == 0 and f"warning: {first} already finished this experiment" in err
+    assert json.loads((second / "env.json").read_text())["experiment_id"] == env["experiment_id"]
+    # ... or a refusal; another setting is another experiment.
+    code, _, err = run_cli(
+        train_cli,
+        train_args(data_dir, tmp_path / "third", *QUICK, "optimization.max_update=2",
+                   "checkpoint.refuse_duplicate=true"),
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and "already ran this experiment" in err
+    code, _, err = run_cli(
+        train_cli,
+        train_args(data_dir, tmp_path / "fourth", *QUICK, "optimization.max_update=2",
+                   "optimizer.lr=0.001", "checkpoint.refuse_duplicate=true"),
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    # A run that fails records why.
+    code, _, err = run_cli(
+        train_cli,
+        train_args(data_dir, first, *QUICK, "optimization.max_update=4", "optimizer=sgd"),
+        capsys,
+    )
+    assert code == 1  # refused before the run started: the old status stays
+    assert json.loads((first / "run_status.json").read_text())["status"] == "finished"
