@@ -87,8 +87,8 @@ def _split_argv(argv: Sequence[str]) -> tuple[dict[str, str | bool], list[str]]:
     args = list(argv)
     while args:
         arg = args.pop(0)
-        if arg in ("-h", "--help", "--cfg", "--version", "-V"):
-            flags[{"-V": "version"}.get(arg, arg.lstrip("-"))] = True
+        if arg in ("-h", "--help", "--cfg", "--version", "-V", "-m", "--multirun"):
+            flags[{"-V": "version", "-m": "multirun"}.get(arg, arg.lstrip("-"))] = True
         elif arg.startswith(("--config-dir", "--config-name", "-cd", "-cn")):
             key = "config_dir" if arg.startswith(("--config-dir", "-cd")) else "config_name"
             if "=" in arg:
@@ -179,6 +179,81 @@ def unknown_keys(
         if dataclasses.is_dataclass(child):
             found += unknown_keys(value, child, None, f"{prefix}{key}.")
     return found
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Hydra's multirun semantics: `key=a,b` (also range(), choice(), glob()) sweeps; the
+    Cartesian product of all swept keys, in the order given, each a list of overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as error:
+        raise ConfigError(one_line(str(error))) from None
+    runs: list[list[str]] = [[]]
+    for override, line in zip(parsed, overrides):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            values = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            values = [line]
+        runs = [run + [value] for run in runs for value in values]
+    return runs
+
+
+def swept_keys(overrides: Sequence[str]) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+
+
+def run_sweep(
+    main: Callable[[Any], Any],
+    program: str,
+    name: str,
+    overrides: Sequence[str],
+    config_class: type,
+    directory: str | None,
+    groups: dict[str, Registry[Any]],
+) -> None:
+    """Runs every combination in turn. A save_dir with ${...} interpolations names each run
+    itself; otherwise each run gets a subfolder named by its swept settings. Every config is
+    composed and validated before the first run starts."""
+    keys = swept_keys(overrides)
+    if not keys:
+        raise ConfigError("-m/--multirun: no setting to sweep (give one as key=a,b,c)")
+    plans = []
+    for run_overrides in expand_sweep(overrides):
+        config = compose_config(name, run_overrides, config_class, directory, groups=groups)  # type: ignore[arg-type]
+        checkpoint = getattr(config, "checkpoint", None)
+        save_dir_override = next(
+            (o for o in run_overrides if o.lstrip("+").startswith("checkpoint.save_dir=")), ""
+        )
+        swept = [o.lstrip("+~") for o in run_overrides if o.split("=", 1)[0].lstrip("+~") in keys]
+        if checkpoint is not None and "${" not in save_dir_override:
+            checkpoint.save_dir = str(Path(checkpoint.save_dir) / ",".join(swept))
+        plans.append((swept, config))
+    directories = [getattr(getattr(c, "checkpoint", None), "save_dir", None) for _, c in plans]
+    if None not in directories and len(set(directories)) < len(directories):
+        raise ConfigError(
+            "-m/--multirun: several runs resolve to the same checkpoint.save_dir; put every "
+            "swept key in it (e.g. checkpoint.save_dir='runs/lr${optimizer.lr}') or leave it "
+            "without ${...} to get one subfolder per run"
+        )
+    failed = []
+    for index, (swept, config) in enumerate(plans, 1):
+        where = f" -> {directories[index - 1]}" if directories[index - 1] else ""
+        print(
+            f"{program}: sweep run {index}/{len(plans)}: {' '.join(swept)}{where}", file=sys.stderr
+        )
+        try:
+            main(config)
+        except NmtkitError as error:
+            print(f"{program}: error: {error}", file=sys.stderr)
+            failed.append(" ".join(swept))
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(plans)} sweep runs failed: {'; '.join(failed)}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -329,6 +404,9 @@ def run_cli(
                 # Required settings (nmtkit-score's hyp/ref) are unset: describe the defaults.
                 config = config_class
             _print_help(program, main, groups, config)
+            return
+        if flags.get("multirun"):
+            run_sweep(main, program, name, overrides, config_class, directory, groups)  # type: ignore[arg-type]
             return
         config = compose_config(name, overrides, config_class, directory, groups=groups)  # type: ignore[arg-type]
         if flags.get("cfg"):

@@ -215,3 +215,31 @@ def test_help_shows_lists_inline_version_and_required_settings(
     assert code == 0 and "  hyp=???    # Hypothesis file" in out and "  metrics=[bleu]" in out
     code, out, _ = run(["--version"], capsys)
     assert code == 0 and out.startswith("nmtkit-train ") and out.count("\n") == 1
+
+
+def test_multirun_sweeps_the_cartesian_product(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = [f"task.data={data_dir}", "model=transformer_tiny", "optimization.max_update=1",
+              "dataset.max_tokens=300", "dataset.disable_validation=true",
+              "common.log_format=none"]  # fmt: skip
+    code, _, err = run(
+        ["-m", *common, "optimizer.lr=5e-4,1e-3", "model.dropout=0.1,0.3",
+         f"checkpoint.save_dir={tmp_path}/lr${{optimizer.lr}}_do${{model.dropout}}"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    runs = sorted(p.name for p in tmp_path.iterdir())
+    assert runs == ["lr0.0005_do0.1", "lr0.0005_do0.3", "lr0.001_do0.1", "lr0.001_do0.3"]
+    saved = yaml.safe_load((tmp_path / "lr0.001_do0.3" / "config.yaml").read_text())
+    assert saved["optimizer"]["lr"] == 0.001 and saved["model"]["dropout"] == 0.3
+    assert "sweep run 4/4" in err
+    # Without ${...} in save_dir each run gets a subfolder named by its swept settings.
+    code, _, err = run(["-m", *common, "common.seed=1,2", f"checkpoint.save_dir={tmp_path}/s"],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["common.seed=1", "common.seed=2"]
+    # One save_dir for several runs would mix them: refused before any run starts.
+    code, _, err = run(["-m", *common, "common.seed=1,2", f"checkpoint.save_dir={tmp_path}/x${{optimizer.lr}}"],
+                       capsys)  # fmt: skip
+    assert code == 1 and "same checkpoint.save_dir" in err and not (tmp_path / "x0.0005").exists()
