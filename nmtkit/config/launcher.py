@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
@@ -81,8 +82,8 @@ def store_configs(top_level: dict[str, type], groups: dict[str, Registry[Any]]) 
             store.store(group=group, name=option, node=config)
 
 
-def _split_argv(argv: Sequence[str]) -> tuple[dict[str, str | bool], list[str]]:
-    flags: dict[str, str | bool] = {}
+def _split_argv(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    flags: dict[str, Any] = {}
     overrides: list[str] = []
     args = list(argv)
     while args:
@@ -99,6 +100,12 @@ def _split_argv(argv: Sequence[str]) -> tuple[dict[str, str | bool], list[str]]:
                 raise ConfigError(f"{arg} needs a value")
         elif arg.startswith("-"):
             raise ConfigError(f"unknown option '{arg}': settings are key=value (see --help)")
+        elif arg.startswith("hydra/launcher="):
+            flags["launcher"] = arg.split("=", 1)[1]
+        elif arg.startswith("hydra.launcher.") and "=" in arg:
+            key, value = arg[len("hydra.launcher.") :].split("=", 1)
+            launcher_settings = flags.setdefault("launcher_settings", {})
+            launcher_settings[key] = yaml.safe_load(value)  # type: ignore[index]
         elif arg.split("=", 1)[0].lstrip("+~").startswith("hydra."):
             # The compose API has no Hydra run directory or job settings: never ignore them.
             raise ConfigError(
@@ -216,8 +223,10 @@ def run_sweep(
     config_class: type,
     directory: str | None,
     groups: dict[str, Registry[Any]],
+    launcher: str | None = None,
+    launcher_settings: dict[str, Any] | None = None,
 ) -> None:
-    """Runs every combination in turn. A save_dir with ${...} interpolations names each run
+    """Runs every combination in turn (or submits them: `launcher`). A save_dir with ${...} interpolations names each run
     itself; otherwise each run gets a subfolder named by its swept settings. Every config is
     composed and validated before the first run starts."""
     keys = swept_keys(overrides)
@@ -241,6 +250,9 @@ def run_sweep(
             "swept key in it (e.g. checkpoint.save_dir='runs/lr${optimizer.lr}') or leave it "
             "without ${...} to get one subfolder per run"
         )
+    if launcher is not None:
+        submit_sweep(main, program, plans, directories, launcher, launcher_settings or {})
+        return
     failed = []
     for index, (swept, config) in enumerate(plans, 1):
         where = f" -> {directories[index - 1]}" if directories[index - 1] else ""
@@ -254,6 +266,66 @@ def run_sweep(
             failed.append(" ".join(swept))
     if failed:
         raise ConfigError(f"{len(failed)} of {len(plans)} sweep runs failed: {'; '.join(failed)}")
+
+
+# Hydra's submitit launcher settings that submitit names the same for every cluster; the
+# others are Slurm's own (slurm_<name> in submitit).
+SUBMITIT_COMMON = {"timeout_min", "mem_gb", "nodes", "cpus_per_task", "gpus_per_node",
+                   "tasks_per_node", "name", "stderr_to_stdout"}  # fmt: skip
+SUBMITIT_LAUNCHERS = {"submitit_local": "local", "submitit_slurm": "slurm"}
+
+
+def submit_sweep(
+    main: Callable[[Any], Any],
+    program: str,
+    plans: list[tuple[list[str], Any]],
+    directories: list[Any],
+    launcher: str,
+    settings: dict[str, Any],
+) -> None:
+    """`hydra/launcher=submitit_slurm` (or submitit_local): one submitit job per sweep run,
+    with Hydra's submitit launcher settings (`hydra.launcher.partition=...`); waits for all."""
+    if launcher not in SUBMITIT_LAUNCHERS:
+        raise ConfigError(
+            f"hydra/launcher={launcher}: choose {', '.join(SUBMITIT_LAUNCHERS)} (sweeps run one "
+            "after another without a launcher)"
+        )
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError(
+            f"hydra/launcher={launcher} needs submitit: pip install nmtkit[slurm]"
+        ) from None
+    cluster = SUBMITIT_LAUNCHERS[launcher]
+    settings = dict(settings)
+    folder = settings.pop("submitit_folder", ".submitit/%j")
+    parameters = {}
+    for key, value in settings.items():
+        if key in SUBMITIT_COMMON:
+            parameters[key] = value
+        elif cluster == "slurm":
+            parameters[f"slurm_{key}"] = value
+        else:
+            raise ConfigError(f"hydra.launcher.{key}: not a setting of {launcher}")
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    try:
+        executor.update_parameters(**parameters)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"hydra/launcher={launcher}: {one_line(str(error))}") from None
+    jobs = [executor.submit(main, config) for _, config in plans]
+    for index, ((swept, _), job) in enumerate(zip(plans, jobs), 1):
+        where = f" -> {directories[index - 1]}" if directories[index - 1] else ""
+        print(f"{program}: submitted sweep run {index}/{len(plans)} as job {job.job_id}: "
+              f"{' '.join(swept)}{where}", file=sys.stderr)  # fmt: skip
+    failed = []
+    for (swept, _), job in zip(plans, jobs):
+        try:
+            job.result()
+        except Exception as error:  # submitit re-raises the job's exception with its log
+            first_line = next((line for line in str(error).splitlines() if line.strip()), "")
+            failed.append(f"{' '.join(swept)} (job {job.job_id}: {first_line})")
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(plans)} sweep jobs failed: {'; '.join(failed)}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -405,8 +477,11 @@ def run_cli(
                 config = config_class
             _print_help(program, main, groups, config)
             return
+        if flags.get("launcher") and not flags.get("multirun"):
+            raise ConfigError("hydra/launcher: launchers run sweeps; add -m (--multirun)")
         if flags.get("multirun"):
-            run_sweep(main, program, name, overrides, config_class, directory, groups)  # type: ignore[arg-type]
+            run_sweep(main, program, name, overrides, config_class, directory, groups,  # type: ignore[arg-type]
+                      flags.get("launcher"), flags.get("launcher_settings"))  # type: ignore[arg-type]  # fmt: skip
             return
         config = compose_config(name, overrides, config_class, directory, groups=groups)  # type: ignore[arg-type]
         if flags.get("cfg"):

@@ -243,3 +243,25 @@ def test_multirun_sweeps_the_cartesian_product(
     code, _, err = run(["-m", *common, "common.seed=1,2", f"checkpoint.save_dir={tmp_path}/x${{optimizer.lr}}"],
                        capsys)  # fmt: skip
     assert code == 1 and "same checkpoint.save_dir" in err and not (tmp_path / "x0.0005").exists()
+
+
+def test_submitit_local_launcher_runs_the_sweep_as_jobs(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hydra's submitit launcher settings through submitit's local executor (Slurm: the same
+    with hydra/launcher=submitit_slurm and hydra.launcher.partition=...)."""
+    pytest.importorskip("submitit")
+    code, _, err = run(
+        ["-m", f"task.data={data_dir}", "model=transformer_tiny", "optimization.max_update=1",
+         "dataset.max_tokens=300", "dataset.disable_validation=true", "common.log_format=none",
+         "common.seed=choice(3)", f"checkpoint.save_dir={tmp_path}/runs",
+         "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+         f"hydra.launcher.submitit_folder={tmp_path}/jobs/%j"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "submitted sweep run 1/1 as job" in err
+    status = yaml.safe_load((tmp_path / "runs" / "common.seed=3" / "run_status.json").read_text())
+    assert status["status"] == "finished"
+    code, _, err = run(["hydra/launcher=submitit_local", *BASE], capsys)
+    assert code == 1 and "add -m" in err
