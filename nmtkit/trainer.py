@@ -15,6 +15,7 @@ update is split across accumulation steps or GPUs.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import random
@@ -309,6 +310,12 @@ def setup(cfg: TrainConfig) -> Any:
     save_dir = Path(cfg.checkpoint.save_dir)
     if not cfg.task.data:
         raise ConfigError("task.data: set the data directory, e.g. task.data=data-bin")
+    if cfg.common.tensorboard_logdir and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            f"common.tensorboard_logdir={cfg.common.tensorboard_logdir}: TensorBoard is not "
+            "installed; pip install nmtkit[tensorboard] (or unset it: train_log.jsonl has the "
+            "same numbers)"
+        )
     if cfg.distributed.strategy == "fsdp" and cfg.common.precision == "fp16":
         raise ConfigError(
             "distributed.strategy=fsdp with common.precision=fp16: use bf16 (fp16 needs a "

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import jiwer
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.base import Metric
 
@@ -245,6 +244,8 @@ def _edit_rate(
         _normalise(text, lowercase=lowercase, remove_punctuation=remove_punctuation)
         for text in hypotheses
     ]
+    import jiwer  # only when an edit rate is asked for: BLEU-only users never load it
+
     if kind == "wer":
         # The text is normalised already: what is left for jiwer is the split into units.
         words = jiwer.Compose([jiwer.ReduceToListOfListOfWords()])
