@@ -316,6 +316,10 @@ def setup(cfg: TrainConfig) -> Any:
             "installed; pip install nmtkit[tensorboard] (or unset it: train_log.jsonl has the "
             "same numbers)"
         )
+    if cfg.common.plot:
+        from nmtkit.runs import require_matplotlib
+
+        require_matplotlib("common.plot")  # before the work, not after it
     if cfg.distributed.strategy == "fsdp" and cfg.common.precision == "fp16":
         raise ConfigError(
             "distributed.strategy=fsdp with common.precision=fp16: use bf16 (fp16 needs a "

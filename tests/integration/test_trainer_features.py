@@ -203,3 +203,11 @@ def test_progress_bar_mode_keeps_a_summary_line_per_epoch(
     summaries = [line for line in err.splitlines() if re.match(r"epoch \d{3} \| update ", line)]
     assert [line[:9] for line in summaries] == ["epoch 001", "epoch 002"]
     assert all("| loss " in line for line in summaries)
+
+
+def test_common_plot_draws_the_run(data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    save_dir = tmp_path / "run"
+    train_cli(train_args(data_dir, save_dir, "optimization.max_update=4", "common.plot=true",
+                         "dataset.validate_interval_updates=2"))  # fmt: skip
+    assert (save_dir / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
