@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from nmtkit.checkpoint import (
     average_checkpoints,
@@ -14,7 +14,9 @@ from nmtkit.checkpoint import (
     save_checkpoint,
 )
 from nmtkit.config.launcher import run_cli
-from nmtkit.errors import ConfigError
+from nmtkit.errors import CheckpointError, ConfigError
+from nmtkit.inference import state_dict_mismatch
+from nmtkit.output_files import ensure_writable_file
 
 
 @dataclass(kw_only=True)
@@ -28,7 +30,8 @@ class AverageConfig:
     last_n: int = 5
     """How many of the newest checkpoint_<epoch>_<update>.pt files to average."""
     output: str = ""
-    """File to write: a self-contained inference checkpoint."""
+    """File to write: a self-contained inference checkpoint (checked before any checkpoint is
+    read; written under a temporary name and renamed when complete)."""
 
     def validate(self) -> list[str]:
         errors = []
@@ -58,9 +61,30 @@ def main(cfg: AverageConfig) -> None:
                 f"save_dir={cfg.save_dir}: has {len(found)} numbered checkpoints, last_n={cfg.last_n}"
             )
         paths = found[-cfg.last_n :]
+    ensure_writable_file(cfg.output, "output")
     states = [load_checkpoint(path) for path in paths]
+    for path, state in zip(paths[1:], states[1:]):
+        reason = task_difference(states[0]["task"], state["task"]) or state_dict_mismatch(
+            states[0]["model"], state["model"], str(paths[0]), str(path)
+        )
+        if reason is not None:
+            raise CheckpointError(f"{path}: cannot be averaged with {paths[0]}: {reason}")
     save_checkpoint(average_checkpoints(states), cfg.output)
     print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {cfg.output}")
+
+
+def task_difference(first: dict[str, Any], other: dict[str, Any]) -> Optional[str]:
+    """Why two checkpoints' saved tasks (`state["task"]`) cannot share averaged weights: the
+    same weights mean different tokens under different dictionaries. The saved states are
+    compared rather than rebuilt tasks, so checkpoints of plugin components need no import."""
+    if first.get("name") != other.get("name"):
+        return f"task {other.get('name')} differs from {first.get('name')}"
+    first_dicts, other_dicts = first.get("dictionaries") or {}, other.get("dictionaries") or {}
+    for side in sorted(set(first_dicts) | set(other_dicts), key=str):
+        symbols = [(d.get(side) or {}).get("symbols") for d in (first_dicts, other_dicts)]
+        if symbols[0] != symbols[1]:
+            return f"its {side} dictionary differs"
+    return None
 
 
 def cli_main(argv: Sequence[str] | None = None) -> None:

@@ -13,6 +13,11 @@ from nmtkit.config.launcher import run_cli
 from nmtkit.data.text_encoder import PREPROCESS_JSON
 from nmtkit.errors import NmtkitError
 from nmtkit.preprocess import DEFAULT_TASK, get_preprocessor
+from nmtkit.preprocess.termination import (
+    SIGTERM_EXIT_STATUS,
+    Terminated,
+    sigterm_raises_terminated,
+)
 from nmtkit.preprocess.text import summary
 
 PROGRAM = "nmtkit-preprocess"
@@ -44,7 +49,15 @@ def main(cfg: Any) -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     preprocessor = get_preprocessor(cfg.task)
     started = time.monotonic()
-    destdir = preprocessor.run(cfg)
+    try:
+        # A scheduler's SIGTERM cleans up as Ctrl-C does instead of leaving the staging folder.
+        with sigterm_raises_terminated():
+            destdir = preprocessor.run(cfg)
+    except Terminated:
+        print(
+            f"{PROGRAM}: terminated (SIGTERM); destdir={cfg.destdir} not written", file=sys.stderr
+        )
+        sys.exit(SIGTERM_EXIT_STATUS)
     elapsed = time.monotonic() - started
     manifest = json.loads((destdir / PREPROCESS_JSON).read_text(encoding="utf-8"))
     print(preprocessor.summary(manifest, elapsed))

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from nmtkit.config.launcher import run_cli
 from nmtkit.errors import ConfigError, DataError
+from nmtkit.output_files import atomic_text_output, ensure_writable_file
 from nmtkit.scoring.metrics import (
     BLEU_TOKENIZERS,
     KNOWN_METRICS,
@@ -46,7 +47,8 @@ class ScoreConfig:
     wer_remove_punctuation: bool = False
     """Delete Unicode punctuation before the raw WER and CER ("don't" becomes "dont")."""
     output: Optional[str] = None
-    """Also write the JSON result to this file."""
+    """Also write the JSON result to this file (checked before scoring; written whole or not
+    at all; missing folders are created)."""
 
     def reference_paths(self) -> list[str]:
         """The reference files, whether given as one path or a list."""
@@ -174,6 +176,8 @@ def main(cfg: ScoreConfig) -> dict[str, Any]:
     errors = cfg.validate()
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
+    if cfg.output is not None:
+        ensure_writable_file(cfg.output, "output")
     hypothesis_name = "<stdin>" if cfg.hyp == STDIN_PATH else cfg.hyp
     hypotheses = read_segments(cfg.hyp)
     references = []
@@ -200,9 +204,8 @@ def main(cfg: ScoreConfig) -> dict[str, Any]:
     report = {name: result.to_dict() for name, result in results.items()}
     as_json = json.dumps(report, indent=2, ensure_ascii=False)
     if cfg.output is not None:
-        output = Path(cfg.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(as_json + "\n", encoding="utf-8")
+        with atomic_text_output(cfg.output) as output:
+            output.write(as_json + "\n")
     print(as_json if cfg.format == "json" else format_text(results))
     return report
 

@@ -5,6 +5,7 @@ second one stops at once (the last checkpoint written stays valid: writes are at
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -22,8 +23,15 @@ class StopSignals:
         self.program = program
         self.received: str | None = None
         self._previous: dict[int, Any] = {}
+        self._owner = os.getpid()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._owner:
+            # A forked data-loading worker inherited the handler: it must simply die, as its
+            # parent (or the scheduler) asks, not wait for an update that it never runs.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         name = signal.Signals(signum).name
         if self.received is not None:
             print(

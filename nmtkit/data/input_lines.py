@@ -10,6 +10,7 @@ from pathlib import Path
 
 from nmtkit.data.utf8 import decode_utf8_line
 from nmtkit.errors import DataError
+from nmtkit.output_files import describe_os_error
 
 
 def read_line_chunks(path: str | None, buffer_size: int) -> Iterator[list[str]]:
@@ -35,7 +36,13 @@ def read_stdin_chunks(buffer_size: int) -> Iterator[list[str]]:
     descriptor = sys.stdin.fileno()
     pending, chunk, line_number = b"", [], 0
     while True:
-        data = os.read(descriptor, 1 << 16)
+        try:
+            data = os.read(descriptor, 1 << 16)
+        except OSError as error:  # e.g. `0>&-`-like redirections: write-only or a folder
+            raise DataError(
+                f"input: cannot read standard input ({describe_os_error(error)}); "
+                "give input=FILE or pipe text in"
+            ) from None
         pending += data
         *complete, pending = pending.split(b"\n")
         if not data and pending:  # last line without a newline

@@ -193,6 +193,8 @@ def preprocess_speech(cfg: SpeechPreprocessConfig) -> Path:
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
     assert cfg.target is not None
+    destdir = Path(cfg.destdir)
+    location = staging_folder.check_output_location(destdir)
     inputs = _read_inputs(cfg)
     reused = {}
     if cfg.bpe_model:
@@ -200,9 +202,7 @@ def preprocess_speech(cfg: SpeechPreprocessConfig) -> Path:
             raise DataError(f"bpe_model={cfg.bpe_model}: file not found")
         reused["bpe_model"] = sha256_file(Path(cfg.bpe_model))
     fingerprint = _fingerprint(cfg, inputs, reused)
-    destdir = Path(cfg.destdir)
     staging_folder.check_destination(destdir, fingerprint, cfg.overwrite)
-    location = staging_folder.resolved_destination(destdir)
     work = location.with_name(f".{location.name}.partial-{fingerprint[:12]}")
     shards = work / "shards"
     output = work / "output"
@@ -210,22 +210,25 @@ def preprocess_speech(cfg: SpeechPreprocessConfig) -> Path:
     shutil.rmtree(output, ignore_errors=True)  # only shards are reused; the rest is cheap
     output.mkdir()
     try:
-        _stop_on_text_problems(cfg, inputs)
-        sides = [_build_side(cfg, inputs["train"], cfg.target, "target", output)]
-        if cfg.ctc_source:
-            sides.append(_build_side(cfg, inputs["train"], cfg.ctc_source, "source", output))
-        shard_files = _extract_features(cfg, inputs, shards)
-        splits, statistics = {}, {}
-        for split in inputs:
-            splits[split], statistics[split] = _write_split(
-                cfg, split, inputs[split], shard_files[split], sides, output
+        with staging_folder.output_disk_errors(destdir, work, location):
+            _stop_on_text_problems(cfg, inputs)
+            sides = [_build_side(cfg, inputs["train"], cfg.target, "target", output)]
+            if cfg.ctc_source:
+                sides.append(_build_side(cfg, inputs["train"], cfg.ctc_source, "source", output))
+            shard_files = _extract_features(cfg, inputs, shards)
+            splits, statistics = {}, {}
+            for split in inputs:
+                splits[split], statistics[split] = _write_split(
+                    cfg, split, inputs[split], shard_files[split], sides, output
+                )
+            cmvn_frames = _write_cmvn(output / "global_cmvn.npz", statistics["train"])
+            manifest = _preprocess_json(cfg, fingerprint, inputs, sides, splits, cmvn_frames)
+            (output / PREPROCESS_JSON).write_text(
+                json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
-        cmvn_frames = _write_cmvn(output / "global_cmvn.npz", statistics["train"])
-        manifest = _preprocess_json(cfg, fingerprint, inputs, sides, splits, cmvn_frames)
-        (output / PREPROCESS_JSON).write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
     except BaseException:
+        # Ctrl-C and SIGTERM (see nmtkit/preprocess/termination.py) included: finished
+        # shards are kept on purpose, so the same command resumes.
         finished = len(list(shards.glob("*.npz")))
         if finished:
             logger.warning(

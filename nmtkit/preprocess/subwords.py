@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -15,6 +17,7 @@ import sentencepiece
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.text_encoder import load_sentencepiece
 from nmtkit.errors import ConfigError, DataError
+from nmtkit.preprocess.staging import disk_is_full
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,10 @@ def train_sentencepiece(
             minloglevel=2,
         )
     except RuntimeError as error:
+        # On a full disk SentencePiece says only which of its internal writes failed
+        # ("INTERNAL: src/trainer_interface.cc(783) [output->WriteLine(...)]"); ask the disk.
+        if disk_is_full(model_path.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(model_path)) from None
         raise sentencepiece_error(vocab_size, described, str(error), coverage_setting) from None
     if isinstance(source, Path):
         model_path.with_suffix(".vocab").unlink(missing_ok=True)

@@ -186,46 +186,19 @@ def preprocess(cfg: PreprocessConfig) -> Path:
         raise ConfigError("invalid config: " + "; ".join(errors))
     assert cfg.source_lang is not None and cfg.target_lang is not None
     languages = (cfg.source_lang, cfg.target_lang)
+    destdir = Path(cfg.destdir)
+    location = staging_folder.check_output_location(destdir)
     inputs = _scan_inputs(cfg, languages)
     reused = _scan_reused_files(cfg)
     fingerprint = _fingerprint(cfg, inputs, reused)
-    destdir = Path(cfg.destdir)
     staging_folder.check_destination(destdir, fingerprint, cfg.overwrite)
-    location = staging_folder.resolved_destination(destdir)
     staging = staging_folder.new_staging_folder(location)
     try:
-        models, model_files = _sentencepiece_models(cfg, languages, inputs, staging)
-        dictionaries = _dictionaries(cfg, languages, inputs, models, staging)
-        encoders = {lang: TextEncoder(dictionaries[lang], models[lang]) for lang in languages}
-        split_stats = {}
-        for split, files in inputs.items():
-            source, target = files[cfg.source_lang], files[cfg.target_lang]
-            logger.info("binarizing %s (%d pairs)", split, source.lines)
-            stats = binarize_parallel_text(
-                source,
-                target,
-                encoders[cfg.source_lang],
-                encoders[cfg.target_lang],
-                staging
-                / dataset_basename(split, cfg.source_lang, cfg.target_lang, cfg.source_lang),
-                staging
-                / dataset_basename(split, cfg.source_lang, cfg.target_lang, cfg.target_lang),
-                workers=cfg.workers,
-            )
-            if stats.pairs == 0:
-                raise DataError(
-                    f"{source.path} / {target.path}: all {source.lines} pairs have an empty "
-                    "line on one side; nothing to binarize"
-                )
-            split_stats[split] = stats
-        manifest = _manifest(
-            cfg, fingerprint, inputs, reused, model_files, dictionaries, split_stats
-        )
-        (staging / PREPROCESS_JSON).write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        staging_folder.move_into_place(staging, location)
+        with staging_folder.output_disk_errors(destdir, staging, location):
+            _build(cfg, languages, inputs, reused, fingerprint, staging)
+            staging_folder.move_into_place(staging, location)
     except BaseException:
+        # Ctrl-C and SIGTERM (see nmtkit/preprocess/termination.py) included.
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return destdir
@@ -234,6 +207,44 @@ def preprocess(cfg: PreprocessConfig) -> Path:
 def dataset_basename(split: str, source_lang: str, target_lang: str, lang: str) -> str:
     """fairseq's file naming: `train.de-en.de` (+ .bin/.idx)."""
     return f"{split}.{source_lang}-{target_lang}.{lang}"
+
+
+def _build(
+    cfg: PreprocessConfig,
+    languages: tuple[str, str],
+    inputs: dict[str, dict[str, TextFileInfo]],
+    reused: dict[str, TextFileInfo],
+    fingerprint: str,
+    staging: Path,
+) -> None:
+    """Steps 2-5 of the module docstring (all but the move into place), in `staging`."""
+    source_lang, target_lang = languages
+    models, model_files = _sentencepiece_models(cfg, languages, inputs, staging)
+    dictionaries = _dictionaries(cfg, languages, inputs, models, staging)
+    encoders = {lang: TextEncoder(dictionaries[lang], models[lang]) for lang in languages}
+    split_stats = {}
+    for split, files in inputs.items():
+        source, target = files[source_lang], files[target_lang]
+        logger.info("binarizing %s (%d pairs)", split, source.lines)
+        stats = binarize_parallel_text(
+            source,
+            target,
+            encoders[source_lang],
+            encoders[target_lang],
+            staging / dataset_basename(split, source_lang, target_lang, source_lang),
+            staging / dataset_basename(split, source_lang, target_lang, target_lang),
+            workers=cfg.workers,
+        )
+        if stats.pairs == 0:
+            raise DataError(
+                f"{source.path} / {target.path}: all {source.lines} pairs have an empty "
+                "line on one side; nothing to binarize"
+            )
+        split_stats[split] = stats
+    manifest = _manifest(cfg, fingerprint, inputs, reused, model_files, dictionaries, split_stats)
+    (staging / PREPROCESS_JSON).write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 # ---- inputs --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +26,9 @@ from nmtkit.registry import ComponentConfig, Registry
 
 class Task:
     """Base class of tasks: data, model and criterion building, steps, inference, text."""
+
+    source_unit: str = "tokens"
+    """What source lengths and max_source_positions count, for messages (speech: frames)."""
 
     def __init__(self, cfg: ComponentConfig, state: dict[str, Any] | None = None) -> None:
         """Built from the data directory in `cfg` (training), or from a checkpoint's
@@ -141,8 +145,11 @@ class Task:
         """Chunks of up to `buffer_size` inputs from `path` (None or '-': stdin)."""
         raise NotImplementedError
 
-    def inference_dataset(self, inputs: Sequence[Any]) -> BatchableDataset:
-        """Inputs as read by `read_inference_inputs` -> a source-only dataset."""
+    def inference_dataset(
+        self, inputs: Sequence[Any], max_source_positions: Optional[int] = None
+    ) -> BatchableDataset:
+        """Inputs as read by `read_inference_inputs` -> a source-only dataset; sources longer
+        than `max_source_positions` (when given) are cut to it (generate's truncate_source)."""
         raise NotImplementedError
 
     def inference_data_split(self, data_dir: Path, split: str) -> BatchableDataset:
@@ -157,6 +164,10 @@ class Task:
         """How an input is identified in jsonl/fairseq output (its index for text lines)."""
         return index
 
+    def input_location(self, item: Any, index: int) -> str:
+        """Where input number `index` (from 0) is in the input, for messages: 'line 7'."""
+        return f"line {index + 1}"
+
     def describe_source(self, sample: dict[str, Any], row: int) -> tuple[str, str]:
         """(source as a user reads it, its model-side form) for logs and S- lines."""
         raise NotImplementedError
@@ -168,6 +179,16 @@ class Task:
     def target_pieces(self, tokens: Sequence[int]) -> str:
         """Target token ids -> space-separated model symbols (H- lines)."""
         return self.target_dictionary.string(list(tokens))
+
+    def encode_target(self, lines: Sequence[str]) -> list[np.ndarray]:
+        """Target texts -> token ids ending with `</s>` (the inverse of `postprocess`), for
+        scoring given translations (forced decoding)."""
+        raise NotImplementedError
+
+    def uses_sentencepiece(self, side: str) -> bool:
+        """Whether the text of `side` ("source" or "target") is cut by a SentencePiece model;
+        fairseq's S-/T- lines then join the pieces back into words."""
+        return False
 
     def compatible_with(self, other: Task) -> Optional[str]:
         """Why `other`'s models cannot join an ensemble with this task's, or None."""

@@ -22,7 +22,13 @@ from torch import nn
 
 from nmtkit.data.audio import FeatureConfig, compute_fbank, read_audio
 from nmtkit.data.dictionary import Dictionary
-from nmtkit.data.indexed_dataset import MMapIndexedDataset, dataset_exists
+from nmtkit.data.indexed_dataset import (
+    MMapIndexedDataset,
+    data_file,
+    dataset_exists,
+    index_file,
+    split_names,
+)
 from nmtkit.data.input_lines import read_line_chunks
 from nmtkit.data.spec_augment import SpecAugment, resolve_spec_augment
 from nmtkit.data.speech_dataset import InMemoryArrays, SpeechDataset
@@ -79,6 +85,11 @@ class AudioInput:
 
     name: str
     path: Path
+    line: int
+    """Line of the input file it comes from (a manifest's header is line 1)."""
+    waveform: Optional[torch.Tensor] = None
+    """The audio itself (mono float32 at the model's sample rate), given from Python
+    (nmtkit.load(...).transcribe); None: read from `path`."""
 
 
 @register_task("speech_to_text", SpeechToTextConfig)
@@ -86,6 +97,7 @@ class SpeechToTextTask(Task):
     """Builds speech datasets, S2T models and decodes audio into text."""
 
     cfg: SpeechToTextConfig
+    source_unit = "frames"
 
     def __init__(self, cfg: SpeechToTextConfig, state: dict[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -211,13 +223,39 @@ class SpeechToTextTask(Task):
         self, data_dir: Path, split: str, training: bool, seed: int = 1
     ) -> SpeechDataset:
         features_prefix, target_prefix = data_dir / f"{split}.fbank", data_dir / f"{split}.target"
-        for prefix in (features_prefix, target_prefix):
-            if not dataset_exists(prefix):
-                raise DataError(f"{prefix}.bin/.idx: split '{split}' not found in {data_dir}")
+        missing = [
+            path.name
+            for prefix in (features_prefix, target_prefix)
+            for path in (data_file(prefix), index_file(prefix))
+            if not path.is_file()
+        ]
+        if missing:
+            present = split_names(data_dir, ".fbank")
+            raise DataError(
+                f"{data_dir}: no split '{split}' (missing {', '.join(missing)}); "
+                f"splits present: {', '.join(present) or 'none'}"
+            )
+        features = MMapIndexedDataset(features_prefix)
+        dim = self.features.num_mel_bins
+        if len(features) and np.any(features.sizes % dim):
+            raise DataError(
+                f"{features_prefix}.idx: item sizes are not multiples of {dim} features per "
+                f"frame (num_mel_bins in {PREPROCESS_JSON}); the file is corrupt"
+            )
+        targets = MMapIndexedDataset(target_prefix)
+        # An id beyond the dictionary would fail much later, in the model's embedding.
+        targets.check_token_ids(len(self.tgt_dict), data_dir / "dict.target.txt")
         source_text = None
         source_prefix = data_dir / f"{split}.source"
         if self.src_dict is not None and dataset_exists(source_prefix):
             source_text = MMapIndexedDataset(source_prefix)
+            source_text.check_token_ids(len(self.src_dict), data_dir / "dict.source.txt")
+        for prefix, dataset in ((target_prefix, targets), (source_prefix, source_text)):
+            if dataset is not None and len(dataset) != len(features):
+                raise DataError(
+                    f"{features_prefix}.idx has {len(features)} utterances but {prefix}.idx "
+                    f"has {len(dataset)}; both must come from one nmtkit-preprocess run"
+                )
         spec_augment = None
         settings = self.cfg.spec_augment_settings() if training else None
         if settings is not None:
@@ -226,10 +264,10 @@ class SpeechToTextTask(Task):
         ids_file = data_dir / f"{split}.ids.txt"
         names = ids_file.read_text(encoding="utf-8").splitlines() if ids_file.is_file() else None
         return SpeechDataset(
-            MMapIndexedDataset(features_prefix),
-            self.features.num_mel_bins,
+            features,
+            dim,
             self.tgt_dict,
-            MMapIndexedDataset(target_prefix),
+            targets,
             source_text,
             spec_augment=spec_augment,
             seed=seed,
@@ -243,12 +281,17 @@ class SpeechToTextTask(Task):
         order and jsonl names the ids), or one audio path per line (a file or stdin)."""
         if path and path != "-" and _starts_with_manifest_header(Path(path)):
             utterances = read_manifest(path)
-            inputs = [AudioInput(u.id, u.audio) for u in utterances]
+            inputs = [AudioInput(u.id, u.audio, u.line) for u in utterances]
             for start in range(0, len(inputs), buffer_size):
                 yield inputs[start : start + buffer_size]
             return
+        done = 0
         for lines in read_line_chunks(path, buffer_size):
-            yield [AudioInput(line.strip(), Path(line.strip())) for line in lines]
+            yield [
+                AudioInput(line.strip(), Path(line.strip()), done + number)
+                for number, line in enumerate(lines, start=1)
+            ]
+            done += len(lines)
 
     def is_empty_input(self, item: AudioInput) -> bool:
         return not item.name
@@ -256,12 +299,20 @@ class SpeechToTextTask(Task):
     def input_name(self, item: AudioInput, index: int) -> Any:
         return item.name
 
-    def inference_dataset(self, inputs: Sequence[AudioInput]) -> SpeechDataset:
-        """Reads and featurises audio exactly as preprocessing did (float16 storage included)."""
+    def input_location(self, item: AudioInput, index: int) -> str:
+        return f"line {item.line} ({item.name})"
+
+    def inference_dataset(
+        self, inputs: Sequence[AudioInput], max_source_positions: Optional[int] = None
+    ) -> SpeechDataset:
+        """Reads and featurises audio exactly as preprocessing did (float16 storage included);
+        an utterance longer than `max_source_positions` frames keeps its first frames."""
         arrays = []
         for item in inputs:
-            waveform = read_audio(item.path, self.features.sample_rate, resample=True)
-            features = compute_fbank(waveform, self.features)
+            waveform = item.waveform
+            if waveform is None:
+                waveform = read_audio(item.path, self.features.sample_rate, resample=True)
+            features = compute_fbank(waveform, self.features)[:max_source_positions]
             arrays.append(features.to(torch.float16).numpy().reshape(-1))
         return SpeechDataset(
             InMemoryArrays(arrays),
@@ -294,6 +345,13 @@ class SpeechToTextTask(Task):
 
     def postprocess(self, tokens: Sequence[int]) -> str:
         return self.target_encoder.decode(list(tokens))
+
+    def encode_target(self, lines: Sequence[str]) -> list[np.ndarray]:
+        return self.target_encoder.encode_batch(lines)
+
+    def uses_sentencepiece(self, side: str) -> bool:
+        # The source is audio: S- lines name the utterance.
+        return side == "target" and self.target_encoder.uses_sentencepiece
 
     def compatible_with(self, other: Task) -> Optional[str]:
         if not isinstance(other, SpeechToTextTask):

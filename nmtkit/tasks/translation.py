@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from nmtkit.data.dictionary import Dictionary
-from nmtkit.data.indexed_dataset import MMapIndexedDataset, dataset_exists
+from nmtkit.data.indexed_dataset import MMapIndexedDataset, data_file, index_file, split_names
 from nmtkit.data.input_lines import read_line_chunks
 from nmtkit.data.iterators import EpochBatchIterator
 from nmtkit.data.language_pair_dataset import LanguagePairDataset
@@ -164,15 +164,36 @@ class TranslationTask(Task):
         data_dir = self.data_dirs[(epoch - 1) % len(self.data_dirs)]
         pair = f"{self.source_lang}-{self.target_lang}"
         prefix = data_dir / f"{split}.{pair}"
-        for lang in (self.source_lang, self.target_lang):
-            if not dataset_exists(f"{prefix}.{lang}"):
-                raise DataError(
-                    f"{prefix}.{lang}.bin/.idx: split '{split}' not found in {data_dir}"
-                )
+        sides = ((self.source_lang, self.src_dict), (self.target_lang, self.tgt_dict))
+        missing = [
+            path.name
+            for lang, _ in sides
+            for path in (data_file(f"{prefix}.{lang}"), index_file(f"{prefix}.{lang}"))
+            if not path.is_file()
+        ]
+        if missing:
+            present = split_names(data_dir, f".{pair}.{self.source_lang}")
+            raise DataError(
+                f"{data_dir}: no split '{split}' for {pair} (missing {', '.join(missing)}); "
+                f"splits present: {', '.join(present) or 'none'}"
+            )
+        datasets = []
+        for lang, dictionary in sides:
+            dataset = MMapIndexedDataset(f"{prefix}.{lang}")
+            # An id beyond the dictionary would fail much later, in the model's embedding.
+            dataset.check_token_ids(len(dictionary), data_dir / f"dict.{lang}.txt")
+            datasets.append(dataset)
+        source, target = datasets
+        if len(source) != len(target):
+            raise DataError(
+                f"{prefix}.{self.source_lang}.idx has {len(source)} sentences but "
+                f"{prefix}.{self.target_lang}.idx has {len(target)}; the two sides of a split "
+                "must come from one preprocessing run"
+            )
         return LanguagePairDataset(
-            MMapIndexedDataset(f"{prefix}.{self.source_lang}"),
+            source,
             self.src_dict,
-            MMapIndexedDataset(f"{prefix}.{self.target_lang}"),
+            target,
             self.tgt_dict,
             left_pad_source=self.cfg.left_pad_source,
             left_pad_target=self.cfg.left_pad_target,
@@ -212,11 +233,22 @@ class TranslationTask(Task):
     def is_empty_input(self, item: str) -> bool:
         return not item.strip()
 
-    def inference_dataset(self, lines: Sequence[str]) -> LanguagePairDataset:
-        """Raw source lines -> a source-only dataset, encoded with the model's SentencePiece."""
+    def inference_dataset(
+        self, lines: Sequence[str], max_source_positions: Optional[int] = None
+    ) -> LanguagePairDataset:
+        """Raw source lines -> a source-only dataset, encoded with the model's SentencePiece.
+        A line longer than `max_source_positions` keeps its first tokens and its `</s>`, as
+        fairseq's --truncate-source does."""
         sequences = [
             np.asarray(ids, dtype=np.int64) for ids in self.source_encoder.encode_batch(lines)
         ]
+        if max_source_positions is not None:
+            eos = np.asarray([self.src_dict.eos()], dtype=np.int64)
+            sequences = [
+                ids if len(ids) <= max_source_positions
+                else np.concatenate([ids[: max_source_positions - 1], eos])
+                for ids in sequences
+            ]  # fmt: skip
         return LanguagePairDataset(
             TokenArrays(sequences), self.src_dict, left_pad_source=self.cfg.left_pad_source
         )
@@ -243,6 +275,13 @@ class TranslationTask(Task):
 
     def postprocess(self, tokens: Sequence[int]) -> str:
         return self.target_encoder.decode(list(tokens))
+
+    def encode_target(self, lines: Sequence[str]) -> list[np.ndarray]:
+        return self.target_encoder.encode_batch(lines)
+
+    def uses_sentencepiece(self, side: str) -> bool:
+        encoder = self.source_encoder if side == "source" else self.target_encoder
+        return encoder.uses_sentencepiece
 
     def compatible_with(self, other: Task) -> Optional[str]:
         if not isinstance(other, TranslationTask) or (other.src_dict, other.tgt_dict) != (
