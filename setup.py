@@ -24,7 +24,26 @@ setup(
     package_dir={"nmtkit_cli": "cli"},
     package_data={"nmtkit": ["config/presets/*.yaml"]},
     install_requires=requirements,
-    extras_require={"dev": ["pytest>=7", "ruff>=0.4"]},
+    extras_require={
+        # CTranslate2 export (nmtkit-export format=ctranslate2); dev installs it so CI runs
+        # the export's parity tests.
+        "ctranslate2": ["ctranslate2>=4"],
+        # Plots of training curves (nmtkit-runs --plot, common.plot=true).
+        "plot": ["matplotlib>=3.5"],
+        # TensorBoard event files (common.tensorboard_logdir); train_log.jsonl needs nothing.
+        "tensorboard": ["tensorboard>=2.12"],
+        # Sweeps submitted to Slurm (hydra/launcher=submitit_slurm).
+        "slurm": ["submitit>=1.4"],
+        # The tests cover every optional feature.
+        "dev": [
+            "pytest>=7",
+            "ruff>=0.4",
+            "ctranslate2>=4",
+            "matplotlib>=3.5",
+            "tensorboard>=2.12",
+            "submitit>=1.4",
+        ],
+    },
     entry_points={
         "console_scripts": [
             "nmtkit-preprocess=nmtkit_cli.preprocess:cli_main",
@@ -33,6 +52,8 @@ setup(
             "nmtkit-score=nmtkit_cli.score:cli_main",
             "nmtkit-average-checkpoints=nmtkit_cli.average_checkpoints:cli_main",
             "nmtkit-export=nmtkit_cli.export:cli_main",
+            "nmtkit-import-fairseq=nmtkit_cli.import_fairseq:cli_main",
+            "nmtkit-runs=nmtkit_cli.runs:cli_main",
         ]
     },
 )

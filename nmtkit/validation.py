@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from nmtkit import distributed
+from nmtkit.generation.ctc_prefix_score import check_ctc_models
 from nmtkit.generation.translate import translate_batches
+from nmtkit.models.api import capability
 from nmtkit.scoring import score_corpus
 
 
@@ -91,9 +93,16 @@ def decoded_metrics(
     logger: Any,
 ) -> dict[str, float]:
     """Decodes the subset with `generation`'s search options and scores it corpus-wide
-    (WER and CER normalised: lower-cased, punctuation removed)."""
+    (WER and CER normalised: lower-cased, punctuation removed). generation.ctc_weight > 0
+    decodes jointly with the model's CTC head (slower, like nmtkit-generate ctc_weight=)."""
+    decoded_model = distributed.unwrap_model(model)
+    if not capability(decoded_model, "is_encoder_only"):
+        check_ctc_models(
+            [decoded_model], cfg.generation.ctc_weight, ["the model being trained"],
+            key="generation.ctc_weight",
+        )  # fmt: skip
     results = translate_batches(
-        task, [distributed.unwrap_model(model)], cfg.generation, batches,
+        task, [decoded_model], cfg.generation, batches,
         device=context.device, precision=cfg.common.precision,
     )  # fmt: skip
     pairs = [(r.id, r.hypotheses[0].text if r.hypotheses else "", r.reference) for r in results]

@@ -35,6 +35,9 @@ class SearchConfig:
     """Divide logits by this before softmax."""
     prefix_size: int = 0
     """Force the first N tokens of the reference/target as the hypothesis prefix."""
+    ctc_weight: float = 0.0
+    """Joint CTC/attention beam search: each step scores (1 - ctc_weight) * attention +
+    ctc_weight * CTC prefix score, with the model's CTC head (model.ctc_head=target); 0 = off."""
 
     def validate(self) -> list[str]:
         errors = []
@@ -50,6 +53,13 @@ class SearchConfig:
             errors.append("min_len/max_len_a/max_len_b: lengths must allow at least one token")
         if self.no_repeat_ngram_size < 0 or self.prefix_size < 0:
             errors.append("no_repeat_ngram_size/prefix_size: must be >= 0")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            errors.append(f"ctc_weight={self.ctc_weight}: must be in [0, 1]")
+        elif self.ctc_weight > 0 and self.sampling:
+            errors.append(
+                f"ctc_weight={self.ctc_weight}: joint CTC/attention decoding is a beam search; "
+                "set sampling=false or ctc_weight=0"
+            )
         return errors
 
 

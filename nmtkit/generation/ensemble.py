@@ -1,8 +1,9 @@
 """Decodes with one or several models at once, each with its own encoder output and cache.
 
 Search asks next-token scorers for log-probabilities and reorders their states with the
-hypotheses (`NextTokenScorer`); the decoder ensemble is one such scorer, and a CTC prefix
-scorer or a language model plug into search the same way.
+hypotheses (`NextTokenScorer`); the decoder ensemble is one such scorer. Scorers too costly
+for the whole vocabulary (the CTC prefix scorer, nmtkit.generation.ctc_prefix_score) score
+only the candidates that the full scorers pre-selected (`CandidateScorer`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,28 @@ class NextTokenScorer(Protocol):
         """The longest hypothesis this scorer can score."""
 
 
+class CandidateScorer(Protocol):
+    """What beam search needs from a scorer of pre-selected candidate tokens."""
+
+    def start(self, encoder_outs: list[dict[str, Any]], rows_per_source: int) -> torch.Tensor:
+        """Prepares a batch from each model's encoder output (one row per source); every source
+        gets `rows_per_source` consecutive rows of empty hypotheses. Returns the longest
+        hypothesis (tokens before end-of-sentence) it can score per source (sources,)."""
+        ...
+
+    def score(self, candidates: torch.Tensor) -> torch.Tensor:
+        """(rows, K) float32 score increments of appending candidates (rows, K) to each row;
+        -inf for what it rules out."""
+        ...
+
+    def advance(
+        self, new_order: torch.Tensor, tokens: torch.Tensor, kept_sources: Optional[torch.Tensor]
+    ) -> None:
+        """Row i becomes old row new_order[i] extended by tokens[i] (a candidate last scored);
+        `kept_sources` when sources left the batch."""
+        ...
+
+
 class EnsembleDecoder:
     """Step-by-step next-token log-probabilities of an ensemble, averaged in probability space.
 
@@ -57,6 +80,7 @@ class EnsembleDecoder:
         self.models = models
         self.temperature = temperature
         self.encoder_outs: list[dict[str, Any]] = []
+        self.source_encoder_outs: list[dict[str, Any]] = []
         self.incremental_states: list[dict[str, Any]] = []
 
     def max_decoder_positions(self) -> int:
@@ -77,12 +101,17 @@ class EnsembleDecoder:
         blocks_stay_together: later reorderings keep each block of g rows inside one old block
         (beam search). Otherwise (sampling, where rows leave one at a time) every row gets its own
         copy of the encoder output and later reorderings are row by row.
+
+        `source_encoder_outs` then holds each model's encoder output with one row per source,
+        for scorers that read the encoder too (the CTC prefix scorer); search releases it.
         """
         self.rows_per_source = rows_per_source if blocks_stay_together else 1
         self.encoder_outs = []
+        self.source_encoder_outs = []
         self.incremental_states = []
         for model in self.models:
             encoder_out = model.encode(**net_input)
+            self.source_encoder_outs.append(encoder_out)
             if rows_per_source > 1 and not self._grouped(model):
                 lengths = net_input["src_lengths"]
                 row_sources = torch.arange(lengths.size(0), device=lengths.device)

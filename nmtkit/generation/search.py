@@ -4,6 +4,8 @@ Both searches keep every live hypothesis as one row of a batch and advance all r
 tensor operations per step. Rows whose work is over leave the batch at once (a sentence whose
 beam search has ended, or a sample that produced end-of-sentence), and the encoder outputs and
 caches are reordered to the surviving rows, so the cost of a step shrinks as sentences finish.
+With `ctc_weight` > 0, beam search is joint CTC/attention decoding: the CTC prefix scorer
+scores the tokens the decoders ranked highest, and the two scores are interpolated.
 docs/generation_search.md describes the options and the scoring convention.
 """
 
@@ -18,7 +20,8 @@ from torch import nn
 
 from nmtkit.errors import ConfigError
 from nmtkit.generation.config import SearchConfig
-from nmtkit.generation.ensemble import EnsembleDecoder, NextTokenScorer
+from nmtkit.generation.ctc_prefix_score import CtcPrefixScorer, check_ctc_models
+from nmtkit.generation.ensemble import CandidateScorer, EnsembleDecoder, NextTokenScorer
 from nmtkit.generation.ngram_blocking import block_repeated_ngrams
 
 
@@ -32,7 +35,8 @@ class Hypothesis:
     score: float
     """Sum of positional_scores divided by len(tokens) ** lenpen (fairseq's convention)."""
     positional_scores: torch.Tensor
-    """FloatTensor: log-probability of each token (eos included)."""
+    """FloatTensor: log-probability of each token (eos included); with ctc_weight > 0 the
+    step's joint score (1 - ctc_weight) * attention + ctc_weight * CTC prefix increment."""
     pieces: str = ""
     """The tokens as space-separated model symbols (H- lines)."""
     text: str = ""
@@ -99,6 +103,16 @@ class SequenceGenerator:
         self.bos = bos
         self.vocab_size = vocab_size
         self.decoder: NextTokenScorer = EnsembleDecoder(list(models), temperature=cfg.temperature)
+        # ctc_weight = 0 never builds the CTC scorer: attention-only search is unchanged.
+        self.candidate_scorer: Optional[CandidateScorer] = None
+        if cfg.ctc_weight > 0:
+            names = (
+                ["the model"]
+                if len(models) == 1
+                else [f"ensemble member {index}" for index in range(len(models))]
+            )
+            check_ctc_models(models, cfg.ctc_weight, names)
+            self.candidate_scorer = CtcPrefixScorer(models, eos=eos)
 
     def generate(
         self,
@@ -163,6 +177,12 @@ class SequenceGenerator:
         # the other sentences of its batch; in float64 on the CPU, so it rounds as fairseq's does.
         max_len = torch.floor(cfg.max_len_a * src_lengths.cpu().double() + cfg.max_len_b)
         max_len = max_len.long().clamp(min=0, max=self.decoder.max_decoder_positions() - 1)
+        if self.candidate_scorer is not None:
+            # CTC aligns at most one token per encoder frame: a longer hypothesis has
+            # probability 0, so the encoder length caps each sentence.
+            longest = self.candidate_scorer.start(self.decoder.source_encoder_outs, cfg.beam)
+            max_len = torch.minimum(max_len, longest.cpu().long())
+        self.decoder.source_encoder_outs = []
         max_len = max_len.to(device)
         rows = batch_size * cfg.beam
         return _Rows(
@@ -221,6 +241,8 @@ class SequenceGenerator:
         smallest_max_len = int(rows.max_len.min())
         for step in range(last_step + 1):
             lprobs = self._next_token_lprobs(rows, step, smallest_max_len)
+            if self.candidate_scorer is not None:
+                lprobs = self._joint_scores(lprobs)
             sentences, vocab = rows.tokens.size(0) // beam, lprobs.size(1)
             # Candidates over beam * vocab: each sentence's 2 * beam best extensions contain at
             # least `beam` that do not end (at most one eos per beam).
@@ -282,6 +304,23 @@ class SequenceGenerator:
                 kept_sources = kept
                 smallest_max_len = int(rows.max_len.min())
             self.decoder.reorder(order, kept_sources)
+            if self.candidate_scorer is not None:
+                self.candidate_scorer.advance(order, rows.tokens[:, -1], kept_sources)
+
+    def _joint_scores(self, lprobs: torch.Tensor) -> torch.Tensor:
+        """Joint CTC/attention step scores (rows, vocab): the ceil(1.5 * beam) tokens the
+        decoders rank highest in each row get (1 - w) * attention + w * CTC increment, the
+        others -inf (ESPnet's pre-beam: CTC prefix scores cost too much for every token)."""
+        assert self.candidate_scorer is not None
+        weight = self.cfg.ctc_weight
+        count = min(math.ceil(1.5 * self.cfg.beam), lprobs.size(1))
+        attention, candidates = lprobs.topk(count, dim=1)
+        ctc = self.candidate_scorer.score(candidates)
+        # A token the constraints forbid stays forbidden, even at ctc_weight = 1.
+        joint = torch.where(
+            attention == -math.inf, -math.inf, (1 - weight) * attention + weight * ctc
+        )
+        return torch.full_like(lprobs, -math.inf).scatter_(1, candidates, joint)
 
     def _sample(
         self,

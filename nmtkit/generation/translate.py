@@ -2,14 +2,15 @@
 validation metrics during training (BLEU, WER, ...), so the figures a run logs are the ones
 nmtkit-generate + nmtkit-score reproduce.
 
-Encoder-decoder models are searched with beam search or sampling (nmtkit.generation.search);
-encoder-only CTC models (`is_encoder_only`) are decoded greedily frame by frame.
+Encoder-decoder models are searched with beam search or sampling (nmtkit.generation.search),
+jointly with their CTC head when `ctc_weight` > 0; encoder-only CTC models (`is_encoder_only`)
+are decoded greedily frame by frame at beam=1 and with CTC prefix beam search at beam > 1.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,20 +20,30 @@ from torch import nn
 from nmtkit.distributed import autocast, move_to_device
 from nmtkit.errors import ConfigError
 from nmtkit.generation.config import SearchConfig
+from nmtkit.generation.ctc_prefix_score import (
+    check_ctc_models,
+    ctc_prefix_beam_search,
+    ensemble_ctc_log_probs,
+)
 from nmtkit.generation.search import Hypothesis, SequenceGenerator
-from nmtkit.models.api import capability
-
-CTC_BLANK = 0
-"""CTC's blank symbol is the dictionary's <s> (index 0), which never occurs in targets."""
+from nmtkit.models.api import CTC_BLANK, capability
 
 
 @dataclass
 class TranslationResult:
+    """One decoded input: its hypotheses (best first) and how to show its source/reference."""
+
     id: int
+    """The input's index in its dataset (sample["id"])."""
     source: str
+    """The source as a user reads it (detokenized text, or the utterance's name)."""
     source_pieces: str
+    """The source's model-side form (space-separated symbols; "N frames" for speech)."""
     reference: str | None
+    """The detokenized reference, when the data has one."""
     hypotheses: list[Hypothesis]
+    reference_pieces: str | None = None
+    """The reference as space-separated target symbols (fairseq's T- lines)."""
 
 
 def build_generator(task: Any, models: list[nn.Module], search: SearchConfig) -> SequenceGenerator:
@@ -61,8 +72,13 @@ def translate_batches(
     device: torch.device,
     precision: str = "fp32",
     seed: int | None = None,
+    model_names: Sequence[str] | None = None,
 ) -> Iterator[TranslationResult]:
-    """Decodes collated samples; yields one result per input, in batch order."""
+    """Decodes collated samples; yields one result per input, in batch order.
+
+    `model_names` says where each model comes from (its checkpoint path) in messages.
+    Encoder-only CTC models ignore `ctc_weight`: CTC is all they have.
+    """
     for model in models:
         model.eval()
     encoder_only = [capability(model, "is_encoder_only") for model in models]
@@ -70,15 +86,24 @@ def translate_batches(
         raise ConfigError(
             "checkpoint: an ensemble cannot mix encoder-only CTC models with encoder-decoder ones"
         )
-    generator = None if all(encoder_only) else build_generator(task, models, search)
+    generator = None
+    if not all(encoder_only):
+        if model_names is not None:
+            check_ctc_models(models, search.ctc_weight, model_names)
+        generator = build_generator(task, models, search)
     pad = task.target_dictionary.pad()
     for batch_number, sample in enumerate(batches):
         sample = move_to_device(sample, device)
         inputs = encoder_input(sample["net_input"])
         target = sample.get("target")
         with torch.inference_mode(), autocast(device, precision):
-            if generator is None:
+            if generator is None and search.beam == 1:
                 outputs = ctc_greedy_decode(models, inputs, eos=task.target_dictionary.eos())
+            elif generator is None:
+                outputs = ctc_beam_decode(
+                    models, inputs, eos=task.target_dictionary.eos(), beam=search.beam,
+                    nbest=search.nbest,
+                )  # fmt: skip
             else:
                 prefix = None
                 if search.prefix_size > 0 and target is not None:
@@ -89,9 +114,11 @@ def translate_batches(
                     seed=None if seed is None else seed + batch_number,
                 )
         for row, (sentence_id, hypotheses) in enumerate(zip(sample["id"].tolist(), outputs)):
-            reference = None
+            reference = reference_pieces = None
             if target is not None:
-                reference = task.postprocess(strip_padding(target[row], pad))
+                reference_ids = strip_padding(target[row], pad)
+                reference = task.postprocess(reference_ids)
+                reference_pieces = task.target_pieces(reference_ids)
             source, source_pieces = task.describe_source(sample, row)
             for hypothesis in hypotheses:
                 token_ids = hypothesis.tokens.tolist()
@@ -103,6 +130,7 @@ def translate_batches(
                 source_pieces=source_pieces,
                 reference=reference,
                 hypotheses=hypotheses,
+                reference_pieces=reference_pieces,
             )
 
 
@@ -116,18 +144,9 @@ def ctc_greedy_decode(
     length-normalised scores; positional_scores: the best log-probability of the frame where
     each token was emitted.
     """
-    per_model, lengths = [], None
-    for model in models:
-        log_probs, model_lengths = model.ctc_log_probs(model.encode(**net_input))
-        if lengths is not None and not torch.equal(lengths, model_lengths):
-            raise ConfigError("checkpoint: CTC ensemble members subsample the audio differently")
-        per_model.append(log_probs.float())
-        lengths = model_lengths
-    assert lengths is not None
-    if len(per_model) == 1:
-        log_probs = per_model[0]
-    else:
-        log_probs = torch.logsumexp(torch.stack(per_model), dim=0) - math.log(len(per_model))
+    log_probs, lengths = ensemble_ctc_log_probs(
+        models, [model.encode(**net_input) for model in models]
+    )
     best_scores, best = log_probs.max(dim=-1)
     results = []
     for row in range(best.size(0)):
@@ -150,3 +169,69 @@ def ctc_greedy_decode(
             ]
         )
     return results
+
+
+def ctc_beam_decode(
+    models: list[nn.Module],
+    net_input: dict[str, torch.Tensor],
+    *,
+    eos: int,
+    beam: int,
+    nbest: int,
+) -> list[list[Hypothesis]]:
+    """CTC prefix beam search of CTC models (an ensemble averages the frame probabilities):
+    each utterance's `nbest` labellings, most probable first, eos appended as search does.
+
+    Labellings are ranked by their probability (all alignments), without length penalty: CTC
+    scores every labelling over the same frames. score: that log-probability per output token
+    (eos counted), as greedy decoding reports; positional_scores: the increments of the prefix
+    probability at each token, then to the whole labelling's at eos (they add up to it).
+    """
+    log_probs, lengths = ensemble_ctc_log_probs(
+        models, [model.encode(**net_input) for model in models]
+    )
+    found = ctc_prefix_beam_search(log_probs, lengths, beam=beam, nbest=nbest)
+    return [
+        [
+            Hypothesis(
+                tokens=torch.tensor([*labelling.labels, eos], dtype=torch.long),
+                score=labelling.log_prob / (len(labelling.labels) + 1),
+                positional_scores=labelling.positional_scores,
+            )
+            for labelling in labellings
+        ]
+        for labellings in found
+    ]
+
+
+def forced_log_probs(
+    models: list[nn.Module],
+    net_input: dict[str, Any],
+    target: torch.Tensor,
+    *,
+    eos: int,
+    pad: int,
+) -> torch.Tensor:
+    """(batch, target length) float32 log-probability of each target token given the source
+    and the tokens before it (teacher forcing); 0 at padding.
+
+    `target` (batch, length) holds token ids ending with eos, right-padded. The decoder reads
+    eos followed by the target shifted right, as in training and search. An ensemble averages
+    probabilities as search does (`EnsembleDecoder`), so a hypothesis scored here gets the
+    positional scores search gave it (temperature 1, no unkpen).
+    """
+    prev_output_tokens = torch.cat([torch.full_like(target[:, :1], eos), target[:, :-1]], dim=1)
+    per_model = []
+    with torch.inference_mode():
+        for model in models:
+            logits = model.decode(prev_output_tokens, model.encode(**net_input))
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            per_model.append(log_probs.gather(2, target.unsqueeze(2)).squeeze(2))
+        if len(per_model) == 1:
+            token_log_probs = per_model[0]
+        else:
+            # Gathered values only: log of the mean probability of each chosen token.
+            token_log_probs = torch.logsumexp(torch.stack(per_model), dim=0) - math.log(
+                len(per_model)
+            )
+        return token_log_probs.masked_fill(target == pad, 0.0)

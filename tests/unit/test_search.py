@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -615,3 +616,193 @@ def test_beams_sharing_one_encoder_output_equal_beams_with_copies() -> None:
     assert_same_hypotheses(grouped_result, repeated_result, tolerance=1e-5)
     mixed = transformer_translate([model, repeated], TRANSFORMER_SOURCES, **options)
     assert_same_hypotheses(grouped_result, mixed, tolerance=1e-5)
+
+
+# Joint CTC/attention decoding on a tiny speech Transformer with a CTC head (random weights).
+
+FEATURES = 6
+SPEECH_FRAMES = [30, 12, 21, 17]
+"""Input frames of the test utterances: 8, 3, 6 and 5 encoder frames after subsampling."""
+FIXTURE_CHECKPOINT = (
+    Path(__file__).resolve().parent.parent / "fixtures" / "checkpoints" / "format1_tiny.pt"
+)
+"""A committed text Transformer checkpoint: a model without a CTC head."""
+
+
+def tiny_speech_model(seed: int, ctc_head: str = "target") -> nn.Module:
+    from nmtkit.models.s2t_transformer import S2TTransformerModel, s2t_transformer_tiny
+
+    config = dataclasses.replace(
+        s2t_transformer_tiny(), input_feat_per_channel=FEATURES, conv_channels=8, ctc_head=ctc_head
+    )
+    torch.manual_seed(seed)
+    ctc_vocab = None if ctc_head == "none" else VOCAB
+    return S2TTransformerModel(config, VOCAB, padding_idx=PAD, ctc_vocab_size=ctc_vocab).eval()
+
+
+def speech_input(frames: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.zeros(len(frames), max(frames), FEATURES)
+    for row, count in enumerate(frames):
+        features[row, :count] = torch.randn(count, FEATURES, generator=generator)
+    return {"src_tokens": features, "src_lengths": torch.tensor(frames)}
+
+
+def speech_translate(models: list[nn.Module], frames: list[int], **options: Any) -> list:
+    options.setdefault("max_len_b", 6)
+    return generator_for(models, **options).generate(speech_input(frames))
+
+
+def test_ctc_weight_zero_is_attention_only_beam_search_exactly() -> None:
+    """ctc_weight=0 never touches the CTC head: the same hypotheses, bit for bit, as the same
+    weights without a CTC head."""
+    with_head = tiny_speech_model(40)
+    without_head = tiny_speech_model(40, ctc_head="none")
+    state = {k: v for k, v in with_head.state_dict().items() if not k.startswith("ctc_")}
+    without_head.load_state_dict(state)
+
+    def no_ctc(encoder_out: Any) -> Any:
+        raise AssertionError("the CTC head was used at ctc_weight=0")
+
+    with_head.ctc_log_probs = no_ctc  # type: ignore[method-assign]
+    options = {"beam": 3, "nbest": 3, "ctc_weight": 0.0}
+    assert_same_hypotheses(
+        speech_translate([with_head], SPEECH_FRAMES, **options),
+        speech_translate([without_head], SPEECH_FRAMES, **options),
+        tolerance=0.0,
+    )
+
+
+@pytest.mark.parametrize("ctc_weight", [0.4, 1.0])
+def test_joint_scores_interpolate_attention_and_ctc_log_probabilities(ctc_weight: float) -> None:
+    """Each positional score is (1 - w) * the attention log-probability of the token + w *
+    the increase of the CTC prefix log-probability, which sums to the CTC log-probability
+    of the whole hypothesis (all its alignments) at eos."""
+    from nmtkit.generation.ctc_prefix_score import labelling_prefix_log_probs
+    from nmtkit.generation.translate import forced_log_probs
+
+    model = tiny_speech_model(41)
+    results = speech_translate([model], SPEECH_FRAMES, beam=3, nbest=3, ctc_weight=ctc_weight)
+    changed = speech_translate([model], SPEECH_FRAMES, beam=3, nbest=3)
+    assert [[h.tokens.tolist() for h in hs] for hs in results] != [
+        [h.tokens.tolist() for h in hs] for hs in changed
+    ]
+    for row, hypotheses in enumerate(results):
+        net_input = speech_input(SPEECH_FRAMES)
+        one = {key: value[row : row + 1] for key, value in net_input.items()}
+        one["src_tokens"] = one["src_tokens"][:, : SPEECH_FRAMES[row]]
+        ctc_log_probs, ctc_lengths = model.ctc_log_probs(model.encode(**one))
+        assert hypotheses
+        for hypothesis in hypotheses:
+            tokens = hypothesis.tokens
+            assert len(tokens) - 1 <= int(ctc_lengths[0])  # capped by the encoder frames
+            attention = forced_log_probs([model], one, tokens.unsqueeze(0), eos=EOS, pad=PAD)[0]
+            prefixes, whole = labelling_prefix_log_probs(
+                ctc_log_probs,
+                ctc_lengths,
+                tokens[:-1].unsqueeze(0),
+                torch.tensor([len(tokens) - 1]),
+            )
+            cumulative = torch.cat([torch.zeros(1), prefixes[0], whole])
+            ctc = cumulative[1:] - cumulative[:-1]
+            expected = (1 - ctc_weight) * attention + ctc_weight * ctc
+            torch.testing.assert_close(hypothesis.positional_scores, expected, atol=1e-4, rtol=0)
+            total = (1 - ctc_weight) * attention.sum() + ctc_weight * whole[0]
+            assert hypothesis.score == pytest.approx(float(total) / len(tokens), abs=1e-4)
+
+
+def test_joint_decoding_batched_equals_one_at_a_time() -> None:
+    model = tiny_speech_model(42)
+    options = {"beam": 4, "nbest": 3, "ctc_weight": 0.3}
+    batched = speech_translate([model], SPEECH_FRAMES, **options)
+    alone = []
+    for row, frames in enumerate(SPEECH_FRAMES):
+        net_input = speech_input(SPEECH_FRAMES)
+        one = {"src_tokens": net_input["src_tokens"][row : row + 1, :frames],
+               "src_lengths": net_input["src_lengths"][row : row + 1]}  # fmt: skip
+        alone.append(generator_for([model], max_len_b=6, **options).generate(one)[0])
+    assert_same_hypotheses(batched, alone)
+
+
+def test_joint_decoding_ensemble_of_one_model_twice_equals_the_model() -> None:
+    model = tiny_speech_model(43)
+    options = {"beam": 3, "nbest": 2, "ctc_weight": 0.5}
+    assert_same_hypotheses(
+        speech_translate([model], SPEECH_FRAMES, **options),
+        speech_translate([model, model], SPEECH_FRAMES, **options),
+        tolerance=1e-5,
+    )
+
+
+def test_joint_hypotheses_are_capped_by_the_encoder_frames() -> None:
+    """max_len_b allows 40 tokens; CTC can align at most one token per encoder frame."""
+    model = tiny_speech_model(44)
+    frames = [12, 9]  # 3 and 3 encoder frames
+    for hypotheses in speech_translate([model], frames, beam=3, nbest=3, ctc_weight=0.2,
+                                       min_len=0, max_len_b=40):  # fmt: skip
+        assert hypotheses and all(len(h.tokens) - 1 <= 3 for h in hypotheses)
+
+
+@pytest.mark.parametrize(
+    ("ctc_head", "message"),
+    [("none", "the model has no CTC head"), ("source", "predicts the source side")],
+)
+def test_ctc_weight_needs_a_ctc_head_on_the_target(ctc_head: str, message: str) -> None:
+    model = tiny_speech_model(45, ctc_head=ctc_head)
+    with pytest.raises(ConfigError, match=f"ctc_weight=0.3: .*{message}"):
+        speech_translate([model], SPEECH_FRAMES, ctc_weight=0.3)
+
+
+def test_ctc_weight_without_ctc_head_names_the_checkpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import nmtkit
+    from nmtkit_cli.generate import cli_main as generate_cli
+
+    translator = nmtkit.load(FIXTURE_CHECKPOINT, device="cpu")
+    with pytest.raises(ConfigError) as error:
+        translator.translate(["Hallo"], ctc_weight=0.3)
+    assert str(error.value).startswith(
+        f"ctc_weight=0.3: checkpoint {FIXTURE_CHECKPOINT} has no CTC head;"
+    )
+    assert "\n" not in str(error.value)
+    source = tmp_path / "in.txt"
+    source.write_text("Hallo\n")
+    with pytest.raises(SystemExit) as exit_:
+        generate_cli([f"checkpoint={FIXTURE_CHECKPOINT}", f"input={source}", "ctc_weight=0.3",
+                      f"output={tmp_path / 'out.txt'}"])  # fmt: skip
+    assert exit_.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"checkpoint {FIXTURE_CHECKPOINT} has no CTC head" in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ctc_weight": 1.5}, r"ctc_weight=1.5: must be in \[0, 1\]"),
+        ({"ctc_weight": -0.1}, r"ctc_weight=-0.1: must be in \[0, 1\]"),
+        ({"ctc_weight": 0.3, "sampling": True}, "ctc_weight=0.3: joint CTC/attention decoding"),
+    ],
+)
+def test_invalid_ctc_weight_is_a_config_error(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        generator_for([tiny_speech_model(46)], **options)
+
+
+def test_validation_refuses_generation_ctc_weight_without_a_ctc_head() -> None:
+    """Validation decodes with the `generation` group, ctc_weight included; the message names
+    the training key."""
+    from types import SimpleNamespace
+
+    from nmtkit.generation.config import ValidationGenerationConfig
+    from nmtkit.validation import decoded_metrics
+
+    cfg = SimpleNamespace(
+        generation=ValidationGenerationConfig(ctc_weight=0.3, eval_wer=True),
+        common=SimpleNamespace(precision="fp32"),
+    )
+    context = SimpleNamespace(device=torch.device("cpu"))
+    with pytest.raises(
+        ConfigError, match=r"^generation\.ctc_weight=0\.3: the model being trained has no CTC head"
+    ):
+        decoded_metrics(cfg, None, tiny_speech_model(47, "none"), [], ["wer"], context, None)  # type: ignore[arg-type]
