@@ -101,6 +101,21 @@ def read_audio(path: str | Path, sample_rate: int = 16000, resample: bool = True
     return load_audio(path, sample_rate, resample).waveform
 
 
+def change_speed(waveform: torch.Tensor, factor: float, sample_rate: int) -> torch.Tensor:
+    """Kaldi/ESPnet speed perturbation: `waveform` played `factor` times as fast, tempo and
+    pitch together, still at `sample_rate` (ceil(samples / factor) samples).
+
+    The samples are taken as recorded at round(sample_rate * factor) Hz and resampled to
+    `sample_rate` (sox's `speed` effect, which Kaldi's speed perturbation runs, does the same).
+    Deterministic: the same waveform and factor give the same samples.
+    """
+    if factor == 1.0:
+        return waveform
+    # An integer source rate: resampling works on integer rates, and round() rather than
+    # int() keeps e.g. 0.58 * 16000 = 9279.999... at 9280 Hz.
+    return torchaudio.functional.resample(waveform, round(sample_rate * factor), sample_rate)
+
+
 def compute_fbank(waveform: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     """(frames, num_mel_bins) float32 log-mel filterbanks of a mono waveform in [-1, 1]."""
     return torchaudio.compliance.kaldi.fbank(

@@ -8,6 +8,7 @@ Steps:
   3. extract features in shards of `shard_size` utterances (manifest order) with `workers`
      processes; each shard file is written atomically into the staging folder, so a rerun
      after an interruption (Ctrl-C, a bad file, even kill -9) extracts only what is missing;
+     with speed_perturb, each training utterance is stored once per factor (`<id>_sp0.9`);
   4. merge the shards in manifest order into the indexed datasets, binarize the targets,
      compute global CMVN over the stored training features, check CTC feasibility;
   5. write preprocess.json, move the output into place and remove the staging folder.
@@ -43,7 +44,7 @@ from nmtkit.data.text_encoder import PREPROCESS_JSON, TextEncoder, load_sentence
 from nmtkit.errors import ConfigError, DataError
 from nmtkit.preprocess import feature_shards
 from nmtkit.preprocess import staging as staging_folder
-from nmtkit.preprocess.feature_shards import FEATURE_DTYPE, ShardJob
+from nmtkit.preprocess.feature_shards import FEATURE_DTYPE, ShardJob, speed_copy_id
 from nmtkit.preprocess.subwords import build_dictionary, train_sentencepiece
 from nmtkit.version import __version__
 
@@ -58,6 +59,11 @@ BPE_TYPES = ("sentencepiece", "char")
 VARIANCE_FLOOR = 1e-8
 # Skip reason decided here (the audio ones: nmtkit.data.audio and feature_shards).
 EMPTY_TEXT = "empty_text"
+# Speed factors are refused outside (0, MAX_SPEED]: beyond twice the speed a 25 ms window
+# holds a 50 ms stretch of the original and the speech is hardly speech any more.
+MAX_SPEED = 2.0
+# The split that speed_perturb multiplies; validation and test data stay as recorded.
+PERTURBED_SPLIT = "train"
 # Settings that do not change what is written (paths are replaced by their files' hashes;
 # skip_bad_audio only decides whether bad input ends the run, and a rerun with it reuses
 # the shards already extracted).
@@ -71,6 +77,7 @@ _NOT_FINGERPRINTED = (
     "bpe_model",
     "shard_size",
     "skip_bad_audio",
+    "speed_perturb",  # fingerprinted as its sorted factors, and only when it changes anything
 )
 
 
@@ -112,6 +119,8 @@ class SpeechPreprocessConfig:
     """Utterances with more feature frames (10 ms each) are bad input."""
     min_duration_ms: float = 25.0
     """Utterances shorter than this (one 25 ms analysis window) are bad input."""
+    speed_perturb: Optional[list[float]] = None
+    """Speed factors, e.g. [0.9,1.0,1.1]: one training copy per factor (`<id>_sp0.9`); null: none."""
     shard_size: int = 200
     """Utterances per extraction shard, the unit of parallel work and of resuming."""
     overwrite: bool = False
@@ -149,9 +158,30 @@ class SpeechPreprocessConfig:
                 errors.append(f"{key}={getattr(self, key)}: must be >= 1")
         if self.min_duration_ms < 0:
             errors.append(f"min_duration_ms={self.min_duration_ms}: must be >= 0")
+        errors.extend(self._speed_perturb_errors())
         if not self.destdir:
             errors.append("destdir: required")
         return errors
+
+    def _speed_perturb_errors(self) -> list[str]:
+        if self.speed_perturb is None:
+            return []
+        shown = "speed_perturb=[" + ",".join(str(factor) for factor in self.speed_perturb) + "]"
+        if not self.speed_perturb:
+            return [f"{shown}: give at least one factor, e.g. [0.9,1.0,1.1] (or null for none)"]
+        errors = []
+        for factor in dict.fromkeys(self.speed_perturb):
+            if not 0.0 < factor <= MAX_SPEED:  # NaN included
+                errors.append(f"{shown}: factor {factor} is not in (0, {MAX_SPEED:g}]")
+            elif self.speed_perturb.count(factor) > 1:
+                errors.append(f"{shown}: factor {factor} is given twice")
+        return errors
+
+    def speed_factors(self) -> tuple[float, ...]:
+        """The training split's speed factors, ascending; (1.0,) without speed_perturb."""
+        if not self.speed_perturb:
+            return (1.0,)
+        return tuple(sorted(float(factor) for factor in self.speed_perturb))
 
     def feature_config(self) -> FeatureConfig:
         return FeatureConfig(num_mel_bins=self.num_mel_bins, sample_rate=self.sample_rate)
@@ -170,6 +200,20 @@ class SplitInput:
     utterances: list[Utterance]
     text_problems: dict[int, tuple[str, str]]
     """Utterance index -> (reason, one-line message) for empty text columns."""
+    speeds: tuple[float, ...] = (1.0,)
+    """Speed factors: each utterance is stored once per factor, in this order."""
+
+    @property
+    def perturbed(self) -> bool:
+        return self.speeds != (1.0,)
+
+    def copies(self) -> list[tuple[Utterance, str, float]]:
+        """(utterance, stored id, speed) of every copy, in the order they are stored."""
+        return [
+            (utterance, speed_copy_id(utterance.id, speed), speed)
+            for utterance in self.utterances
+            for speed in self.speeds
+        ]
 
 
 @dataclass
@@ -267,8 +311,24 @@ def _read_inputs(cfg: SpeechPreprocessConfig) -> dict[str, SplitInput]:
                         f"(utterance {utterance.id}, file {utterance.audio})",
                     )
                     break
-        inputs[split] = SplitInput(path, sha256_file(path), utterances, problems)
+        speeds = cfg.speed_factors() if split == PERTURBED_SPLIT else (1.0,)
+        inputs[split] = SplitInput(path, sha256_file(path), utterances, problems, speeds)
+        _check_copy_ids(inputs[split])
     return inputs
+
+
+def _check_copy_ids(entry: SplitInput) -> None:
+    """DataError when a speed-perturbed copy's id is already an utterance's id."""
+    if not entry.perturbed:
+        return
+    lines = {utterance.id: utterance.line for utterance in entry.utterances}
+    for utterance, copy_id, speed in entry.copies():
+        if copy_id != utterance.id and copy_id in lines:
+            raise DataError(
+                f"{entry.path}:{lines[copy_id]}: column id: '{copy_id}' is also the id of the "
+                f"speed {speed} copy of '{utterance.id}' (line {utterance.line}) that "
+                "speed_perturb adds; rename the utterance"
+            )
 
 
 def _fingerprint(
@@ -284,6 +344,9 @@ def _fingerprint(
         for key, value in dataclasses.asdict(cfg).items()
         if key not in _NOT_FINGERPRINTED
     }
+    # Without effect ([1.0] or null) it is left out, so older data directories keep theirs.
+    if cfg.speed_factors() != (1.0,):
+        settings["speed_perturb"] = list(cfg.speed_factors())
     hashes = {split: entry.sha256 for split, entry in inputs.items()}
     return staging_folder.fingerprint(
         {
@@ -374,17 +437,19 @@ def _extract_features(
                     manifest=entry.path,
                     utterances=entry.utterances[start:stop],
                     problems=[entry.text_problems.get(i) for i in range(start, stop)],
+                    speeds=entry.speeds,
                 )
             )
     all_jobs = [job for split_jobs in jobs.values() for job in split_jobs]
     is_finished = {id(job): feature_shards.is_finished(job) for job in all_jobs}
     finished = [job for job in all_jobs if is_finished[id(job)]]
     todo = [job for job in all_jobs if not is_finished[id(job)]]
-    done_utterances = sum(len(job.utterances) for job in finished)
+    # Counted in stored copies (speed-perturbed ones included), as the progress bar is.
+    done_utterances = sum(_copies(job) for job in finished)
     seconds = 0.0
     for job in finished:
         seconds += _check_shard(cfg, job)
-    total = sum(len(job.utterances) for job in all_jobs)
+    total = sum(_copies(job) for job in all_jobs)
     logger.info(
         "extracting features of %d utterances in %d shard(s) with %d worker(s)%s",
         total - done_utterances,
@@ -419,11 +484,15 @@ def _extract_features(
             )
             for job, _ in zip(todo, results):
                 seconds += _check_shard(cfg, job)
-                bar.update(len(job.utterances))
+                bar.update(_copies(job))
                 bar.set_postfix_str(f"{seconds / 3600:.2f} h audio")
     finally:
         torch.set_num_threads(threads)  # one worker runs in this process
     return {split: [job.path for job in split_jobs] for split, split_jobs in jobs.items()}
+
+
+def _copies(job: ShardJob) -> int:
+    return len(job.utterances) * len(job.speeds)
 
 
 def _check_shard(cfg: SpeechPreprocessConfig, job: ShardJob) -> float:
@@ -448,16 +517,23 @@ def _write_split(
     output: Path,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, int]]:
     """Merges the split's shards into `<split>.fbank`, binarizes its text columns, writes
-    `<split>.ids.txt`; returns its preprocess.json entry and its CMVN sums (sum, sum of
-    squares, frames)."""
+    `<split>.ids.txt` (and `<split>.speed.txt` when speed-perturbed); returns its
+    preprocess.json entry and its CMVN sums (sum, sum of squares, frames).
+
+    Every stored copy of an utterance (one per speed factor) counts as an utterance here.
+    """
     dim = cfg.num_mel_bins
     fbank = IndexedDatasetBuilder(output / f"{split}.fbank", FEATURE_DTYPE)
+    copies = split_input.copies()
     kept: list[Utterance] = []
+    kept_ids: list[str] = []
+    kept_speeds: list[float] = []
     kept_frames: list[np.ndarray] = []
     sums, squares = [], []
     skipped: Counter[str] = Counter()
     skipped_ids: list[str] = []
     samples = downmixed = resampled = 0
+    samples_by_speed: Counter[float] = Counter()
     offset = 0
     for path in shard_files:
         with np.load(path) as data:
@@ -469,15 +545,18 @@ def _write_split(
             squares.append(data["squares"][keep])
         kept_frames.append(frames[keep])
         for index, entry in enumerate(meta):
-            utterance = split_input.utterances[offset + index]
+            utterance, copy_id, speed = copies[offset + index]
             if entry["reason"] is None:
                 kept.append(utterance)
+                kept_ids.append(copy_id)
+                kept_speeds.append(speed)
                 samples += entry["samples"]
+                samples_by_speed[speed] += entry["samples"]
                 downmixed += entry["downmixed"]
                 resampled += entry["resampled"]
             else:
                 skipped[entry["reason"]] += 1
-                skipped_ids.append(utterance.id)
+                skipped_ids.append(copy_id)
         offset += len(meta)
     fbank.finalize()
     if not kept:
@@ -487,8 +566,12 @@ def _write_split(
         )
     frames_per_utterance = np.concatenate(kept_frames)
     (output / f"{split}.ids.txt").write_text(
-        "".join(utterance.id + "\n" for utterance in kept), encoding="utf-8"
+        "".join(copy_id + "\n" for copy_id in kept_ids), encoding="utf-8"
     )
+    if split_input.perturbed:
+        (output / f"{split}.speed.txt").write_text(
+            "".join(f"{speed}\n" for speed in kept_speeds), encoding="utf-8"
+        )
     entry: dict[str, Any] = {
         "utterances": len(kept),
         "hours": round(samples / cfg.sample_rate / 3600, 6),
@@ -498,6 +581,14 @@ def _write_split(
         "downmixed": downmixed,
         "resampled": resampled,
     }
+    if split_input.perturbed:
+        entry["speed_perturb"] = {
+            str(speed): {
+                "utterances": kept_speeds.count(speed),
+                "hours": round(samples_by_speed[speed] / cfg.sample_rate / 3600, 6),
+            }
+            for speed in split_input.speeds
+        }
     for side in sides:
         texts = [utterance.text(side.column) for utterance in kept]
         flat, sizes = side.encoder.encode_batch_flat(texts)
@@ -511,7 +602,7 @@ def _write_split(
         entry[f"{side.name}_tokens"] = int(sizes.sum())
         entry[f"{side.name}_unk"] = int(np.count_nonzero(flat == side.dictionary.unk()))
         entry[f"{prefix}_infeasible"] = int(infeasible.sum())
-        entry[f"{prefix}_infeasible_ids"] = [kept[i].id for i in np.flatnonzero(infeasible)]
+        entry[f"{prefix}_infeasible_ids"] = [kept_ids[i] for i in np.flatnonzero(infeasible)]
     # Summed over per-utterance sums in manifest order: the same numbers for any shard size.
     statistics = (
         np.concatenate(sums).sum(axis=0),
@@ -583,6 +674,7 @@ def _preprocess_json(
         "feature_dtype": np.dtype(FEATURE_DTYPE).name,
         "cmvn": "global_cmvn.npz",
         "cmvn_frames": cmvn_frames,
+        "speed_perturb": (list(cfg.speed_factors()) if inputs[PERTURBED_SPLIT].perturbed else None),
         "target_spm": "spm_target.model",
         "target_dict": "dict.target.txt",
         "target_vocab_size": len(target.dictionary),
@@ -626,4 +718,10 @@ def summary(manifest: dict[str, Any], elapsed_seconds: float) -> str:
             f"{entry['frames']} frames ({skipped} skipped, {entry['ctc_infeasible']} too short "
             "for CTC)"
         )
+        if "speed_perturb" in entry:
+            hours = ", ".join(
+                f"{speed}: {by_speed['hours']:.2f} h"
+                for speed, by_speed in entry["speed_perturb"].items()
+            )
+            lines[-1] += f"; speed perturbation ({hours})"
     return "\n".join(lines)

@@ -39,6 +39,7 @@ DATA_DIRECTORY_FILES = (
     "*.model",
     "*.vocab",
     "*.ids.txt",
+    "*.speed.txt",
     "global_cmvn.npz",
 )
 

@@ -10,8 +10,15 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
+import torch
 
-from nmtkit.data.audio import FeatureConfig, compute_fbank, num_frames, read_audio
+from nmtkit.data.audio import (
+    FeatureConfig,
+    change_speed,
+    compute_fbank,
+    num_frames,
+    read_audio,
+)
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.indexed_dataset import MMapIndexedDataset
 from nmtkit.data.speech_manifest import read_manifest
@@ -220,6 +227,141 @@ def test_char_targets_and_ctc_source(corpus: Path, tmp_path: Path) -> None:
         u.tgt_text for u in utterances
     ]
     assert "ctc_source_infeasible" in info["splits"]["train"]
+
+
+# ---- speed perturbation --------------------------------------------------------------------
+SPEEDS = "speed_perturb=[1.1,0.9,1.0]"  # any order: the copies are stored in ascending order
+
+
+@pytest.fixture(scope="module")
+def perturbed(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    destdir = tmp_path_factory.mktemp("out") / "asr_sp"
+    cli_main([*exact_command(corpus, destdir), PIECES, "shard_size=10", SPEEDS])
+    return destdir
+
+
+def test_speed_perturbation_triples_the_training_split_only(
+    corpus: Path, built: Path, perturbed: Path
+) -> None:
+    info = manifest_of(perturbed)
+    assert info["speed_perturb"] == [0.9, 1.0, 1.1] and manifest_of(built)["speed_perturb"] is None
+    assert info["fingerprint"] != manifest_of(built)["fingerprint"]
+    utterances = read_manifest(corpus / "train.tsv")
+    ids = (perturbed / "train.ids.txt").read_text(encoding="utf-8").splitlines()
+    assert ids == [name for u in utterances for name in (f"{u.id}_sp0.9", u.id, f"{u.id}_sp1.1")]
+    speeds = (perturbed / "train.speed.txt").read_text(encoding="utf-8").splitlines()
+    assert speeds == ["0.9", "1.0", "1.1"] * len(utterances)
+    frames = MMapIndexedDataset(perturbed / "train.fbank").sizes.reshape(-1, 3) // 80
+    for slow, original, fast in frames.tolist():
+        assert abs(slow - original / 0.9) <= 1 and abs(fast - original / 1.1) <= 1
+    cfg = FeatureConfig()
+    assert frames[:, 1].tolist() == [num_frames(u.n_samples, cfg) for u in utterances]
+    # One thread, as in extraction: resampling's sums come out in another order with more.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        slow = change_speed(read_audio(utterances[0].audio), 0.9, 16000)
+    finally:
+        torch.set_num_threads(threads)
+    expected = compute_fbank(slow, cfg).numpy().astype(np.float16)
+    assert np.array_equal(
+        MMapIndexedDataset(perturbed / "train.fbank")[0].reshape(-1, 80), expected
+    )
+    # The targets are the original texts; SentencePiece and the dictionary learn from the
+    # manifest once, not from the copies.
+    encoder = TextEncoder(
+        Dictionary.load(perturbed / "dict.target.txt"),
+        (perturbed / "spm_target.model").read_bytes(),
+    )
+    targets = MMapIndexedDataset(perturbed / "train.target")
+    assert [encoder.decode(targets[i]) for i in range(len(targets))] == [
+        u.src_text for u in utterances for _ in range(3)
+    ]
+    entry = info["splits"]["train"]
+    assert entry["utterances"] == 3 * len(utterances) == len(ids)
+    assert info["cmvn_frames"] == entry["frames"] == int(frames.sum())  # CMVN over all copies
+    by_speed = entry["speed_perturb"]
+    assert list(by_speed) == ["0.9", "1.0", "1.1"]
+    assert all(by_speed[s]["utterances"] == len(utterances) for s in by_speed)
+    hours = sum(u.n_samples for u in utterances) / 16000 / 3600
+    assert by_speed["1.0"]["hours"] == pytest.approx(hours, abs=1e-6)
+    assert by_speed["0.9"]["hours"] == pytest.approx(hours / 0.9, abs=1e-5)
+    assert by_speed["1.1"]["hours"] == pytest.approx(hours / 1.1, abs=1e-5)
+    assert entry["hours"] == pytest.approx(sum(s["hours"] for s in by_speed.values()), abs=1e-5)
+    # Validation and test data are not perturbed: the same bytes as without speed_perturb.
+    original = folder_bytes(built)
+    for name, content in folder_bytes(perturbed).items():
+        if not name.startswith("train.") and name != "global_cmvn.npz":
+            assert content == original[name], name
+    assert "speed_perturb" not in info["splits"]["valid"]
+    assert not (perturbed / "valid.speed.txt").exists()
+
+
+def test_speed_perturbed_output_is_byte_identical_for_any_worker_count(
+    corpus: Path, perturbed: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "asr_sp"
+    settings = exact_command(corpus, other)
+    cli_main([*settings[:-1], "workers=1", PIECES, "shard_size=7", "speed_perturb=[0.9,1,1.1]"])
+    assert folder_bytes(other) == folder_bytes(perturbed)
+    stable = [stable_json(other), stable_json(perturbed)]
+    for manifest in stable:
+        manifest["config"].pop("speed_perturb")  # as typed; the factors are the same
+    assert stable[0] == stable[1]
+
+
+def test_speed_perturb_is_fingerprinted_only_when_it_changes_the_output() -> None:
+    def fingerprint(**settings: Any) -> str:
+        return speech._fingerprint(speech.SpeechPreprocessConfig(**settings), {}, {})
+
+    assert fingerprint() == fingerprint(speed_perturb=[1.0])
+    assert fingerprint(speed_perturb=[0.9, 1.0]) == fingerprint(speed_perturb=[1.0, 0.9])
+    assert fingerprint() != fingerprint(speed_perturb=[0.9, 1.0])
+    assert fingerprint(speed_perturb=[0.9, 1.0]) != fingerprint(speed_perturb=[0.8, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("factors", "problem"),
+    [
+        ("[0.9,0,1.1]", "speed_perturb=[0.9,0.0,1.1]: factor 0.0 is not in (0, 2]"),
+        ("[0.9,2.5]", "speed_perturb=[0.9,2.5]: factor 2.5 is not in (0, 2]"),
+        ("[0.9,1.0,0.9]", "speed_perturb=[0.9,1.0,0.9]: factor 0.9 is given twice"),
+        ("[]", "speed_perturb=[]: give at least one factor"),
+    ],
+)
+def test_bad_speed_factors_are_refused(
+    factors: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = run_failing(
+        capsys,
+        "task=speech_to_text",
+        f"train={tmp_path / 'train.tsv'}",
+        "target=src_text",
+        f"destdir={tmp_path / 'out'}",
+        f"speed_perturb={factors}",
+    )
+    assert problem in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_copy_id_taken_by_another_utterance_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = small_corpus(tmp_path / "corpus")
+    edit_line(manifest, 4, id="train_0001_sp1.1")
+    error = run_failing(
+        capsys,
+        "task=speech_to_text",
+        f"train={manifest}",
+        "target=src_text",
+        f"destdir={tmp_path / 'out'}",
+        "bpe=char",
+        "speed_perturb=[0.9,1.0,1.1]",
+    )
+    assert error.endswith(
+        f"{manifest}:4: column id: 'train_0001_sp1.1' is also the id of the speed 1.1 copy of "
+        "'train_0001' (line 2) that speed_perturb adds; rename the utterance"
+    )
 
 
 # ---- bad input -----------------------------------------------------------------------------
