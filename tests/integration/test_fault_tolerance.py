@@ -280,6 +280,11 @@ def test_checkpoint_integrity_lock_and_log(
     save_dir = tmp_path / "run"
     train_cli(train_args(data_dir, save_dir, *QUICK, "optimization.max_update=2"))
     capsys.readouterr()
+    # Finished files get the umask's permissions, not the 0600 of temporary files.
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in ("checkpoint_last.pt", "config.yaml", "env.json", "run_status.json"):
+        assert (save_dir / written).stat().st_mode & 0o777 == 0o666 & ~umask, written
     # A flipped byte inside a weight is detected, not trained on.
     path = save_dir / "checkpoint_last.pt"
     data = bytearray(path.read_bytes())
