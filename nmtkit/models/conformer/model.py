@@ -22,15 +22,13 @@ the CTC head's blank is index 0, the dictionary's `<s>`. Both as in s2t_transfor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nmtkit.models.conformer.config import S2TConformerConfig
-from nmtkit.modules.attention import IncrementalState
+from nmtkit.models.s2t_transformer.model import S2TTransformerModel
 from nmtkit.modules.conformer_layer import ConformerEncoderLayer
 from nmtkit.modules.conv_subsampler import (
     Conv1dSubsampler,
@@ -38,7 +36,7 @@ from nmtkit.modules.conv_subsampler import (
     subsampled_lengths,
 )
 from nmtkit.modules.relative_attention import RelativePositionalEncoding
-from nmtkit.modules.transformer_stack import EncoderOut, TransformerDecoder, build_embedding
+from nmtkit.modules.transformer_stack import EncoderOut
 
 
 class S2TConformerEncoder(nn.Module):
@@ -87,172 +85,13 @@ class S2TConformerEncoder(nn.Module):
         return {"encoder_out": x, "encoder_padding_mask": padding_mask, "encoder_lengths": lengths}
 
 
-class S2TConformerModel(nn.Module):
-    """Speech-to-text Conformer implementing nmtkit's model API (nmtkit.models.api).
+class S2TConformerModel(S2TTransformerModel):
+    """Speech-to-text Conformer implementing nmtkit's model API (nmtkit.models.api): the
+    S2T Transformer model (CMVN, shared decoder, CTC head) around a Conformer encoder.
 
     tgt_vocab_size: size of the target dictionary (decoder embeddings and output).
     ctc_vocab_size: size of the dictionary `cfg.ctc_head` names; None when ctc_head=none.
     """
 
-    supports_output_positions = True
-    # The shared decoder accepts g rows per encoder output (beams of one utterance).
-    decodes_grouped_rows = True
-
-    def __init__(
-        self,
-        cfg: S2TConformerConfig,
-        tgt_vocab_size: int,
-        padding_idx: int = 1,
-        ctc_vocab_size: Optional[int] = None,
-    ) -> None:
-        super().__init__()
-        errors = cfg.validate()
-        if errors:
-            raise ValueError("invalid s2t_conformer config: " + "; ".join(errors))
-        self.cfg = cfg
-        self.padding_idx = padding_idx
-        self.feature_dim = cfg.input_feat_per_channel * cfg.input_channels
-        # Capability flags (nmtkit.models.api) that depend on the config.
-        self.ctc_head = cfg.ctc_head
-        self.supports_ctc = cfg.ctc_head != "none"
-        self.is_encoder_only = cfg.decoder_layers == 0
-
-        self.register_buffer("cmvn_mean", torch.zeros(self.feature_dim, dtype=torch.float32))
-        self.register_buffer("cmvn_std", torch.ones(self.feature_dim, dtype=torch.float32))
-        self.encoder = S2TConformerEncoder(cfg)
-        self.decoder: Optional[TransformerDecoder] = None
-        if not self.is_encoder_only:
-            self.decoder = TransformerDecoder(
-                build_embedding(tgt_vocab_size, cfg.decoder_embed_dim, padding_idx),
-                padding_idx,
-                num_layers=cfg.decoder_layers,
-                ffn_dim=cfg.decoder_ffn_embed_dim,
-                num_heads=cfg.decoder_attention_heads,
-                encoder_embed_dim=cfg.encoder_embed_dim,
-                dropout=cfg.dropout,
-                attention_dropout=cfg.attention_dropout,
-                activation_dropout=cfg.activation_dropout,
-                activation_fn=cfg.activation_fn,
-                normalize_before=cfg.decoder_normalize_before,
-                max_positions=cfg.max_target_positions,
-                learned_positions=cfg.decoder_learned_pos,
-                scale_embedding=not cfg.no_scale_embedding,
-                tie_output_to_embedding=cfg.share_decoder_input_output_embed,
-            )
-        self.ctc_projection: Optional[nn.Linear] = None
-        if self.supports_ctc:
-            if ctc_vocab_size is None:
-                raise ValueError(f"ctc_head={cfg.ctc_head} needs ctc_vocab_size")
-            self.ctc_projection = nn.Linear(cfg.encoder_embed_dim, ctc_vocab_size)
-
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> nn.Module:
-        # model.to(dtype=torch.bfloat16) (half-precision inference) would round the CMVN
-        # statistics, and with them every input feature: keep them float32, only move them.
-        statistics = {name: self._buffers[name] for name in ("cmvn_mean", "cmvn_std")}
-        super()._apply(fn, recurse)
-        for name, tensor in statistics.items():
-            moved = self._buffers[name]
-            if moved is not None and moved.dtype != torch.float32:
-                self._buffers[name] = tensor.to(device=moved.device, dtype=torch.float32)
-        return self
-
-    def set_cmvn(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Copies global CMVN statistics (feature_dim,) into the model's buffers."""
-        for name, value in (("mean", mean), ("std", std)):
-            if tuple(value.shape) != (self.feature_dim,):
-                raise ValueError(
-                    f"CMVN {name} has shape {tuple(value.shape)}; the model reads "
-                    f"{self.feature_dim} features per frame"
-                )
-        if not bool((std > 0).all()):
-            raise ValueError("CMVN std must be positive everywhere")
-        with torch.no_grad():
-            self.cmvn_mean.copy_(mean.to(torch.float32))
-            self.cmvn_std.copy_(std.to(torch.float32))
-
-    def forward(
-        self,
-        src_tokens: torch.Tensor,
-        src_lengths: torch.Tensor,
-        prev_output_tokens: Optional[torch.Tensor] = None,
-        output_positions: Optional[torch.Tensor] = None,
-        with_ctc: bool = False,
-    ) -> Union[torch.Tensor, tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]]:
-        """Teacher-forced logits (batch, tgt_len, tgt_vocab) in the compute dtype, or with
-        output_positions (flat indices into batch * tgt_len) (len(output_positions), tgt_vocab).
-
-        with_ctc: return (logits or None, ctc_log_probs (batch, frames', ctc_vocab) float32,
-            ctc_lengths (batch,)) from one encoder pass; logits are None for an encoder-only
-            model or without prev_output_tokens.
-        """
-        encoder_out = self.encode(src_tokens, src_lengths)
-        logits = None
-        if self.decoder is not None and prev_output_tokens is not None:
-            logits = self.decoder(
-                prev_output_tokens, encoder_out, output_positions=output_positions
-            )
-        if not with_ctc:
-            if logits is None:
-                raise ValueError(
-                    "forward without with_ctc needs a decoder and prev_output_tokens "
-                    f"(decoder_layers={self.cfg.decoder_layers})"
-                )
-            return logits
-        ctc_log_probs, ctc_lengths = self.ctc_log_probs(encoder_out)
-        return logits, ctc_log_probs, ctc_lengths
-
-    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOut:
-        """{"encoder_out": (batch, frames', dim), "encoder_padding_mask": (batch, frames') bool,
-        "encoder_lengths": (batch,)} for features (batch, frames, feature_dim).
-
-        Features are normalised in float32, then cast to the weights' dtype.
-        """
-        if src_tokens.dim() != 3 or src_tokens.size(-1) != self.feature_dim:
-            raise ValueError(
-                f"expected features (batch, frames, {self.feature_dim}), got "
-                f"{tuple(src_tokens.shape)}"
-            )
-        features = (src_tokens.float() - self.cmvn_mean) / self.cmvn_std
-        weight_dtype = self.encoder.subsample.conv_layers[0].weight.dtype
-        return self.encoder(features.to(weight_dtype), src_lengths)
-
-    def ctc_log_probs(self, encoder_out: EncoderOut) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probabilities (batch, frames', ctc_vocab) in float32, valid frames (batch,)).
-
-        float32 because the CTC loss has no bfloat16 kernel on the CPU, and its sums over
-        alignments need the range. The blank is index 0 (nmtkit.models.api.CTC_BLANK).
-        """
-        if self.ctc_projection is None:
-            raise ValueError("this model has no CTC head (ctc_head=none)")
-        x = F.dropout(encoder_out["encoder_out"], p=self.cfg.ctc_dropout, training=self.training)
-        logits = self.ctc_projection(x)
-        return F.log_softmax(logits.float(), dim=-1), encoder_out["encoder_lengths"]
-
-    def decode(
-        self,
-        prev_output_tokens: torch.Tensor,
-        encoder_out: EncoderOut,
-        incremental_state: Optional[IncrementalState] = None,
-    ) -> torch.Tensor:
-        """Logits (batch, tgt_len, vocab); with `incremental_state`, (batch, 1, vocab).
-
-        Incremental decoding: an empty dict per batch, passed on every step with the whole
-        prefix so far. Grouped rows are accepted (nmtkit.models.api).
-        """
-        if self.decoder is None:
-            raise ValueError("an encoder-only model has no decoder: decode its CTC head")
-        return self.decoder(prev_output_tokens, encoder_out, incremental_state)
-
-    def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: torch.Tensor) -> EncoderOut:
-        """Every entry (output, padding mask, lengths) with its batch rows selected by new_order."""
-        return {name: tensor.index_select(0, new_order) for name, tensor in encoder_out.items()}
-
-    def reorder_incremental_state(
-        self, incremental_state: IncrementalState, new_order: torch.Tensor
-    ) -> None:
-        """Selects/permutes every cached key/value (self and encoder attention) in place."""
-        if self.decoder is not None:
-            self.decoder.reorder_incremental_state(incremental_state, new_order)
-
-    def max_decoder_positions(self) -> int:
-        return self.cfg.max_target_positions
+    name = "s2t_conformer"
+    encoder_class = S2TConformerEncoder

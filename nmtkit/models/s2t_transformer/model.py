@@ -100,6 +100,10 @@ class S2TTransformerModel(nn.Module):
     supports_output_positions = True
     # The shared decoder accepts g rows per encoder output (beams of one utterance).
     decodes_grouped_rows = True
+    # What a subclass with another encoder (s2t_conformer) changes: everything around the
+    # encoder (CMVN, decoder, CTC head, the model API) is shared.
+    name = "s2t_transformer"
+    encoder_class: type[nn.Module] = S2TTransformerEncoder
 
     def __init__(
         self,
@@ -111,7 +115,7 @@ class S2TTransformerModel(nn.Module):
         super().__init__()
         errors = cfg.validate()
         if errors:
-            raise ValueError("invalid s2t_transformer config: " + "; ".join(errors))
+            raise ValueError(f"invalid {self.name} config: " + "; ".join(errors))
         self.cfg = cfg
         self.padding_idx = padding_idx
         self.feature_dim = cfg.input_feat_per_channel * cfg.input_channels
@@ -122,7 +126,7 @@ class S2TTransformerModel(nn.Module):
 
         self.register_buffer("cmvn_mean", torch.zeros(self.feature_dim, dtype=torch.float32))
         self.register_buffer("cmvn_std", torch.ones(self.feature_dim, dtype=torch.float32))
-        self.encoder = S2TTransformerEncoder(cfg)
+        self.encoder = self.encoder_class(cfg)
         self.decoder: Optional[TransformerDecoder] = None
         if not self.is_encoder_only:
             self.decoder = TransformerDecoder(
