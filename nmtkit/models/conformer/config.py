@@ -13,13 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nmtkit.models.s2t_transformer.config import CTC_HEADS as CTC_HEADS  # re-exported
+from nmtkit.models.s2t_transformer.config import validate_speech_model
 from nmtkit.modules.conformer_layer import CONV_NORMS
-from nmtkit.modules.transformer_layer import ACTIVATIONS
 from nmtkit.registry import ComponentConfig
-
-CTC_HEADS = ("none", "target", "source")
-"""What the CTC projection on the encoder output predicts: nothing, the target dictionary
-(ASR, or an encoder-only model), or the source transcript's dictionary (speech translation)."""
 
 
 @dataclass(kw_only=True)
@@ -84,42 +81,7 @@ class S2TConformerConfig(ComponentConfig):
     """Dropout on the encoder output before the CTC projection."""
 
     def validate(self) -> list[str]:
-        errors = []
-        positive = [
-            "input_feat_per_channel",
-            "input_channels",
-            "conv_channels",
-            "encoder_embed_dim",
-            "encoder_ffn_embed_dim",
-            "encoder_layers",
-            "encoder_attention_heads",
-            "max_source_positions",
-            "max_target_positions",
-        ]
-        if self.decoder_layers != 0:
-            positive += ["decoder_embed_dim", "decoder_ffn_embed_dim", "decoder_attention_heads"]
-        for name in positive:
-            value = getattr(self, name)
-            if value < 1:
-                errors.append(f"{name}={value}: must be >= 1")
-        if self.decoder_layers < 0:
-            errors.append(f"decoder_layers={self.decoder_layers}: must be >= 0")
-        sides = ["encoder"] + (["decoder"] if self.decoder_layers > 0 else [])
-        for side in sides:
-            embed_dim = getattr(self, f"{side}_embed_dim")
-            heads = getattr(self, f"{side}_attention_heads")
-            if heads >= 1 and embed_dim % heads != 0:
-                errors.append(
-                    f"{side}_embed_dim={embed_dim}: must be divisible by "
-                    f"{side}_attention_heads={heads}"
-                )
-        if not self.conv_kernel_sizes or any(k < 1 for k in self.conv_kernel_sizes):
-            errors.append(
-                f"conv_kernel_sizes={list(self.conv_kernel_sizes)}: needs at least one kernel "
-                "size, each >= 1"
-            )
-        elif len(self.conv_kernel_sizes) > 1 and self.conv_channels % 2 != 0:
-            errors.append(f"conv_channels={self.conv_channels}: must be even (GLU halves it)")
+        errors = validate_speech_model(self)
         kernel = self.depthwise_conv_kernel_size
         if kernel < 1 or kernel % 2 == 0:
             errors.append(
@@ -128,21 +90,6 @@ class S2TConformerConfig(ComponentConfig):
             )
         if self.conv_norm not in CONV_NORMS:
             errors.append(f"conv_norm={self.conv_norm}: choose one of {', '.join(CONV_NORMS)}")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "ctc_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                errors.append(f"{name}={value}: must be in [0, 1)")
-        if self.activation_fn not in ACTIVATIONS:
-            errors.append(
-                f"activation_fn={self.activation_fn}: choose one of {', '.join(ACTIVATIONS)}"
-            )
-        if self.ctc_head not in CTC_HEADS:
-            errors.append(f"ctc_head={self.ctc_head}: choose one of {', '.join(CTC_HEADS)}")
-        elif self.decoder_layers == 0 and self.ctc_head != "target":
-            errors.append(
-                f"decoder_layers=0 with ctc_head={self.ctc_head}: an encoder-only model "
-                "predicts the target through its CTC head, set ctc_head=target"
-            )
         return errors
 
 

@@ -9,6 +9,7 @@ encoder's and from `dropout` when they are not given; here the named architectur
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from nmtkit.modules.transformer_layer import ACTIVATIONS
 from nmtkit.registry import ComponentConfig
@@ -75,58 +76,63 @@ class S2TTransformerConfig(ComponentConfig):
     """Dropout on the encoder output before the CTC projection."""
 
     def validate(self) -> list[str]:
-        errors = []
-        positive = [
-            "input_feat_per_channel",
-            "input_channels",
-            "conv_channels",
-            "encoder_embed_dim",
-            "encoder_ffn_embed_dim",
-            "encoder_layers",
-            "encoder_attention_heads",
-            "max_source_positions",
-            "max_target_positions",
-        ]
-        if self.decoder_layers != 0:
-            positive += ["decoder_embed_dim", "decoder_ffn_embed_dim", "decoder_attention_heads"]
-        for name in positive:
-            value = getattr(self, name)
-            if value < 1:
-                errors.append(f"{name}={value}: must be >= 1")
-        if self.decoder_layers < 0:
-            errors.append(f"decoder_layers={self.decoder_layers}: must be >= 0")
-        sides = ["encoder"] + (["decoder"] if self.decoder_layers > 0 else [])
-        for side in sides:
-            embed_dim = getattr(self, f"{side}_embed_dim")
-            heads = getattr(self, f"{side}_attention_heads")
-            if heads >= 1 and embed_dim % heads != 0:
-                errors.append(
-                    f"{side}_embed_dim={embed_dim}: must be divisible by "
-                    f"{side}_attention_heads={heads}"
-                )
-        if not self.conv_kernel_sizes or any(k < 1 for k in self.conv_kernel_sizes):
+        return validate_speech_model(self)
+
+
+def validate_speech_model(config: Any) -> list[str]:
+    """The checks every speech model config shares (s2t_transformer, s2t_conformer): sizes,
+    head divisibility, the subsampler's kernels, dropouts, activation and the CTC head."""
+    errors = []
+    positive = [
+        "input_feat_per_channel",
+        "input_channels",
+        "conv_channels",
+        "encoder_embed_dim",
+        "encoder_ffn_embed_dim",
+        "encoder_layers",
+        "encoder_attention_heads",
+        "max_source_positions",
+        "max_target_positions",
+    ]
+    if config.decoder_layers != 0:
+        positive += ["decoder_embed_dim", "decoder_ffn_embed_dim", "decoder_attention_heads"]
+    for name in positive:
+        value = getattr(config, name)
+        if value < 1:
+            errors.append(f"{name}={value}: must be >= 1")
+    if config.decoder_layers < 0:
+        errors.append(f"decoder_layers={config.decoder_layers}: must be >= 0")
+    sides = ["encoder"] + (["decoder"] if config.decoder_layers > 0 else [])
+    for side in sides:
+        embed_dim = getattr(config, f"{side}_embed_dim")
+        heads = getattr(config, f"{side}_attention_heads")
+        if heads >= 1 and embed_dim % heads != 0:
             errors.append(
-                f"conv_kernel_sizes={list(self.conv_kernel_sizes)}: needs at least one kernel "
-                "size, each >= 1"
+                f"{side}_embed_dim={embed_dim}: must be divisible by {side}_attention_heads={heads}"
             )
-        elif len(self.conv_kernel_sizes) > 1 and self.conv_channels % 2 != 0:
-            errors.append(f"conv_channels={self.conv_channels}: must be even (GLU halves it)")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "ctc_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                errors.append(f"{name}={value}: must be in [0, 1)")
-        if self.activation_fn not in ACTIVATIONS:
-            errors.append(
-                f"activation_fn={self.activation_fn}: choose one of {', '.join(ACTIVATIONS)}"
-            )
-        if self.ctc_head not in CTC_HEADS:
-            errors.append(f"ctc_head={self.ctc_head}: choose one of {', '.join(CTC_HEADS)}")
-        elif self.decoder_layers == 0 and self.ctc_head != "target":
-            errors.append(
-                f"decoder_layers=0 with ctc_head={self.ctc_head}: an encoder-only model "
-                "predicts the target through its CTC head, set ctc_head=target"
-            )
-        return errors
+    if not config.conv_kernel_sizes or any(k < 1 for k in config.conv_kernel_sizes):
+        errors.append(
+            f"conv_kernel_sizes={list(config.conv_kernel_sizes)}: needs at least one kernel "
+            "size, each >= 1"
+        )
+    elif len(config.conv_kernel_sizes) > 1 and config.conv_channels % 2 != 0:
+        errors.append(f"conv_channels={config.conv_channels}: must be even (GLU halves it)")
+    for name in ("dropout", "attention_dropout", "activation_dropout", "ctc_dropout"):
+        value = getattr(config, name)
+        if not 0.0 <= value < 1.0:
+            errors.append(f"{name}={value}: must be in [0, 1)")
+    if config.activation_fn not in ACTIVATIONS:
+        errors.append(
+            f"activation_fn={config.activation_fn}: choose one of {', '.join(ACTIVATIONS)}"
+        )
+    if config.ctc_head not in CTC_HEADS:
+        errors.append(f"ctc_head={config.ctc_head}: choose one of {', '.join(CTC_HEADS)}")
+    elif config.decoder_layers == 0 and config.ctc_head != "target":
+        errors.append(
+            f"decoder_layers=0 with ctc_head={config.ctc_head}: an encoder-only model "
+            "predicts the target through its CTC head, set ctc_head=target"
+        )
+    return errors
 
 
 def s2t_transformer_base() -> S2TTransformerConfig:
