@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from nmtkit.errors import ConfigError, NmtkitError
-from nmtkit.output_files import describe_os_error, is_user_os_error
+from nmtkit.config.launcher import user_errors_as_one_line
+from nmtkit.errors import ConfigError
 from nmtkit.runs import (
     TABLE_FORMATS,
     check_plot_path,
@@ -130,7 +130,7 @@ def print_help() -> None:
 
 def cli_main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: one line on stderr and exit status 1 on user mistakes."""
-    try:
+    with user_errors_as_one_line(PROGRAM):
         parsed = parse_argv(sys.argv[1:] if argv is None else argv)
         if parsed == "help":
             print_help()
@@ -139,18 +139,6 @@ def cli_main(argv: Sequence[str] | None = None) -> None:
         else:
             assert isinstance(parsed, RunsConfig)
             main(parsed)
-    except NmtkitError as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except BrokenPipeError:
-        # `nmtkit-runs | head`: the reader left; not an error of ours.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    except OSError as error:
-        if not is_user_os_error(error):
-            raise
-        print(f"{PROGRAM}: error: {describe_os_error(error)}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

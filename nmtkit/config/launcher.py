@@ -8,6 +8,7 @@ invalid value) ends as one line on stderr with a non-zero exit code.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import importlib
 import importlib.metadata
@@ -16,7 +17,7 @@ import inspect
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -444,6 +445,30 @@ def _print_help(
         print("\n".join(describe_config(config)))
 
 
+@contextlib.contextmanager
+def user_errors_as_one_line(program: str) -> Iterator[None]:
+    """What every console script does with user mistakes: one line on stderr and a non-zero
+    exit, no traceback (bugs keep theirs)."""
+    try:
+        yield
+    except NmtkitError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # `nmtkit-generate ... | head`: the reader left; not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as error:
+        # A full or read-only disk is the user's situation, not a bug: one line, no traceback.
+        if not is_user_os_error(error):
+            raise
+        print(f"{program}: error: {describe_os_error(error)}", file=sys.stderr)
+        sys.exit(1)
+
+
 def run_cli(
     main: Callable[[Any], Any],
     *,
@@ -456,7 +481,7 @@ def run_cli(
 ) -> None:
     """Entry point shared by the console scripts; exits non-zero with one line on user mistakes."""
     program = program or Path(sys.argv[0]).name
-    try:
+    with user_errors_as_one_line(program):
         flags, overrides = _split_argv(sys.argv[1:] if argv is None else argv)
         load_installed_plugins()
         for override in overrides:
@@ -488,19 +513,3 @@ def run_cli(
             print(config_to_yaml(config), end="")
             return
         main(config)
-    except NmtkitError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"{program}: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:
-        # `nmtkit-generate ... | head`: the reader left; not an error of ours.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    except OSError as error:
-        # A full or read-only disk is the user's situation, not a bug: one line, no traceback.
-        if not is_user_os_error(error):
-            raise
-        print(f"{program}: error: {describe_os_error(error)}", file=sys.stderr)
-        sys.exit(1)
