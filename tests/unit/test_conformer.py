@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from nmtkit.modules.relative_attention import (
     rel_shift,
     relative_sinusoidal_table,
 )
+from tests.unit.test_s2t_transformer import pad_features
 
 PAD, EOS = 1, 2
 VOCAB = 11
@@ -30,13 +30,9 @@ FEATURES = 6
 
 
 @pytest.fixture(autouse=True)
-def seed_and_one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and on a busy machine threads cost a lot."""
+def seed() -> None:
+    """Each test starts from the same random state (tests/conftest.py sets one thread)."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**changes: object) -> S2TConformerConfig:
@@ -50,15 +46,6 @@ def tiny_model(ctc_head: str = "target", **changes: object) -> S2TConformerModel
     config = tiny_config(ctc_head=ctc_head, **changes)
     ctc_vocab = None if ctc_head == "none" else VOCAB
     return S2TConformerModel(config, VOCAB, padding_idx=PAD, ctc_vocab_size=ctc_vocab).eval()
-
-
-def pad_features(utterances: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (batch, frames, features) with zeros and the lengths."""
-    lengths = torch.tensor([len(u) for u in utterances])
-    batch = torch.zeros(len(utterances), int(lengths.max()), utterances[0].size(1))
-    for row, utterance in enumerate(utterances):
-        batch[row, : len(utterance)] = utterance
-    return batch, lengths
 
 
 def give_batch_norms_statistics(model: S2TConformerModel) -> None:
