@@ -37,7 +37,9 @@ class SearchConfig:
     """Force the first N tokens of the reference/target as the hypothesis prefix."""
     ctc_weight: float = 0.0
     """Joint CTC/attention beam search: each step scores (1 - ctc_weight) * attention +
-    ctc_weight * CTC prefix score, with the model's CTC head (model.ctc_head=target); 0 = off."""
+    ctc_weight * CTC prefix score, with the model's CTC head (model.ctc_head=target); 0 = off.
+    1 decodes with the CTC head alone, as ESPnet does (greedy at beam=1, CTC prefix beam search
+    above; the attention decoder is not run)."""
 
     def validate(self) -> list[str]:
         errors = []

@@ -3,8 +3,9 @@ validation metrics during training (BLEU, WER, ...), so the figures a run logs a
 nmtkit-generate + nmtkit-score reproduce.
 
 Encoder-decoder models are searched with beam search or sampling (nmtkit.generation.search),
-jointly with their CTC head when `ctc_weight` > 0; encoder-only CTC models (`is_encoder_only`)
-are decoded greedily frame by frame at beam=1 and with CTC prefix beam search at beam > 1.
+jointly with their CTC head when `ctc_weight` > 0; encoder-only CTC models (`is_encoder_only`),
+and any model at `ctc_weight=1`, are decoded with the CTC head alone: greedily frame by frame at
+beam=1 and with CTC prefix beam search at beam > 1.
 """
 
 from __future__ import annotations
@@ -86,10 +87,16 @@ def translate_batches(
         raise ConfigError(
             "checkpoint: an ensemble cannot mix encoder-only CTC models with encoder-decoder ones"
         )
+    if model_names is None:
+        model_names = [f"checkpoint {index + 1}" for index in range(len(models))]
+    ctc_alone = all(encoder_only) or search.ctc_weight == 1.0
     generator = None
-    if not all(encoder_only):
-        if model_names is not None:
+    if ctc_alone:
+        check_ctc_alone_settings(search, all(encoder_only))
+        if not all(encoder_only):
             check_ctc_models(models, search.ctc_weight, model_names)
+    else:
+        check_ctc_models(models, search.ctc_weight, model_names)
         generator = build_generator(task, models, search)
     pad = task.target_dictionary.pad()
     for batch_number, sample in enumerate(batches):
@@ -97,9 +104,9 @@ def translate_batches(
         inputs = encoder_input(sample["net_input"])
         target = sample.get("target")
         with torch.inference_mode(), autocast(device, precision):
-            if generator is None and search.beam == 1:
+            if ctc_alone and search.beam == 1:
                 outputs = ctc_greedy_decode(models, inputs, eos=task.target_dictionary.eos())
-            elif generator is None:
+            elif ctc_alone:
                 outputs = ctc_beam_decode(
                     models, inputs, eos=task.target_dictionary.eos(), beam=search.beam,
                     nbest=search.nbest,
@@ -108,6 +115,7 @@ def translate_batches(
                 prefix = None
                 if search.prefix_size > 0 and target is not None:
                     prefix = target[:, : search.prefix_size]
+                assert generator is not None
                 outputs = generator.generate(
                     inputs,
                     prefix_tokens=prefix,
@@ -131,6 +139,26 @@ def translate_batches(
                 reference=reference,
                 hypotheses=hypotheses,
                 reference_pieces=reference_pieces,
+            )
+
+
+def check_ctc_alone_settings(search: SearchConfig, encoder_only: bool) -> None:
+    """Refuses search settings that decoding with the CTC head alone cannot honour, rather
+    than ignoring them (length settings do not apply: the encoder frames bound a labelling)."""
+    if encoder_only:
+        why, advice = "an encoder-only CTC model is decoded by its CTC head alone", ""
+    else:
+        why, advice = "ctc_weight=1 decodes with the CTC head alone", " or set ctc_weight below 1"
+    unsupported = {
+        "sampling": search.sampling,
+        "prefix_size": search.prefix_size > 0,
+        "no_repeat_ngram_size": search.no_repeat_ngram_size > 0,
+    }
+    for key, is_set in unsupported.items():
+        if is_set:
+            raise ConfigError(
+                f"{key}={getattr(search, key)}: {why}, which cannot honour it; "
+                f"unset {key}{advice}"
             )
 
 

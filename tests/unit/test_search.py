@@ -806,3 +806,89 @@ def test_validation_refuses_generation_ctc_weight_without_a_ctc_head() -> None:
         ConfigError, match=r"^generation\.ctc_weight=0\.3: the model being trained has no CTC head"
     ):
         decoded_metrics(cfg, None, tiny_speech_model(47, "none"), [], ["wer"], context, None)  # type: ignore[arg-type]
+
+
+class ToyTargetTask:
+    """What translate_batches reads from a task, for token ids 0..VOCAB-1 shown as numbers."""
+
+    class target_dictionary:  # noqa: N801 (the task attribute's name)
+        @staticmethod
+        def pad() -> int:
+            return PAD
+
+        @staticmethod
+        def eos() -> int:
+            return EOS
+
+        @staticmethod
+        def unk() -> int:
+            return UNK
+
+        @staticmethod
+        def bos() -> int:
+            return BOS
+
+        def __len__(self) -> int:
+            return VOCAB
+
+    target_dictionary = target_dictionary()  # type: ignore[misc,assignment]
+
+    def postprocess(self, token_ids: list[int]) -> str:
+        return " ".join(map(str, token_ids))
+
+    target_pieces = postprocess
+
+    def describe_source(self, sample: dict, row: int) -> tuple[str, str]:
+        return str(row), ""
+
+
+def translate_speech(models: list[nn.Module], **options: Any) -> list[list[int]]:
+    from nmtkit.generation.translate import translate_batches
+
+    sample = {"id": torch.arange(len(SPEECH_FRAMES)), "net_input": speech_input(SPEECH_FRAMES)}
+    results = translate_batches(
+        ToyTargetTask(), models, SearchConfig(**options), [sample], device=torch.device("cpu")
+    )
+    return [result.hypotheses[0].tokens.tolist() for result in results]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_ctc_weight_one_decodes_with_the_ctc_head_alone(beam: int) -> None:
+    """ctc_weight=1 (ESPnet's pure CTC decoding): the attention decoder never runs; beam 1 is
+    the CTC best path, beam > 1 CTC prefix beam search, as for an encoder-only model."""
+    from nmtkit.generation.translate import ctc_beam_decode, ctc_greedy_decode
+
+    model = tiny_speech_model(48)
+    net_input = speech_input(SPEECH_FRAMES)
+    with torch.no_grad():
+        if beam == 1:
+            expected = ctc_greedy_decode([model], net_input, eos=EOS)
+        else:
+            expected = ctc_beam_decode([model], net_input, eos=EOS, beam=beam, nbest=1)
+
+    def no_attention(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the attention decoder ran at ctc_weight=1")
+
+    model.decode = no_attention  # type: ignore[method-assign]
+    found = translate_speech([model], beam=beam, ctc_weight=1.0)
+    assert found == [hypotheses[0].tokens.tolist() for hypotheses in expected]
+    # Just below 1 the attention decoder still takes part (and is called).
+    with pytest.raises(AssertionError, match="attention decoder ran"):
+        translate_speech([model], beam=beam, ctc_weight=0.99)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"prefix_size": 1}, "prefix_size=1: ctc_weight=1 decodes with the CTC head alone"),
+        ({"no_repeat_ngram_size": 2}, "no_repeat_ngram_size=2: ctc_weight=1 decodes"),
+    ],
+)
+def test_ctc_weight_one_refuses_settings_it_cannot_honour(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        translate_speech([tiny_speech_model(49)], ctc_weight=1.0, **options)
+
+
+def test_ctc_weight_one_without_a_ctc_head_names_the_checkpoint() -> None:
+    with pytest.raises(ConfigError, match="ctc_weight=1.0: checkpoint 1 has no CTC head"):
+        translate_speech([tiny_speech_model(50, ctc_head="none")], ctc_weight=1.0)
