@@ -2,7 +2,8 @@
 
 Decodes a speech test manifest with one trained checkpoint (it must have a CTC head on the
 target, e.g. examples/speech_to_text/asr.yaml) through the Python API, for each beam size and
-CTC weight, at batch sizes 1 and 32, and prints a markdown table: normalised WER/CER,
+CTC weight (0: attention only; 1: the CTC head alone, best path at beam 1 and prefix beam
+search above), at batch sizes 1 and 32, and prints a markdown table: normalised WER/CER,
 utterances/s and real-time factor (decoding seconds per second of audio; audio reading and
 fbank extraction included, model loading excluded).
 

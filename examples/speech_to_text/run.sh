@@ -3,6 +3,7 @@
 # preprocess -> train -> generate (from the raw audio manifest) -> score.
 #   bash examples/speech_to_text/run.sh ../shared/data/speech        (outputs in examples/speech_to_text/work/)
 #   TASKS=asr bash examples/speech_to_text/run.sh SPEECH_DIR          (only ASR; TASKS=st only ST)
+#   TASKS=asr_conformer bash examples/speech_to_text/run.sh SPEECH_DIR (ASR with a Conformer encoder)
 # SPEECH_DIR holds train.tsv, valid.tsv, test.tsv (header: id audio n_samples speaker src_text
 # tgt_text) and the audio they name. Extra arguments are passed to nmtkit-train.
 set -euo pipefail
@@ -18,16 +19,18 @@ TASKS=${TASKS:-"asr st"}
 mkdir -p "$WORK"
 
 for task in $TASKS; do
-  if [ "$task" = asr ]; then
-    target=src_text; extra=(bpe_vocab_size=256); metrics='metrics=[wer,cer]'; column=5
-  else
-    target=tgt_text; extra=(bpe_vocab_size=1000 ctc_source=src_text); metrics='metrics=[bleu,chrf]'; column=6
-  fi
+  case $task in
+    asr|asr_conformer)
+      data=asr; target=src_text; extra=(bpe_vocab_size=256); metrics='metrics=[wer,cer]'; column=5 ;;
+    st)
+      data=st; target=tgt_text; extra=(bpe_vocab_size=1000 ctc_source=src_text); metrics='metrics=[bleu,chrf]'; column=6 ;;
+    *) echo "unknown task '$task' in TASKS: use asr, asr_conformer or st" >&2; exit 2 ;;
+  esac
   nmtkit-preprocess task=speech_to_text train="$SPEECH/train.tsv" valid="$SPEECH/valid.tsv" \
-      test="$SPEECH/test.tsv" target=$target "${extra[@]}" destdir="$WORK/$task-data" \
+      test="$SPEECH/test.tsv" target=$target "${extra[@]}" destdir="$WORK/$data-data" \
       workers=2 overwrite=true
   nmtkit-train --config-dir "$HERE" --config-name $task \
-      task.data="$WORK/$task-data" checkpoint.save_dir="$WORK/$task-checkpoints" "$@"
+      task.data="$WORK/$data-data" checkpoint.save_dir="$WORK/$task-checkpoints" "$@"
   nmtkit-generate checkpoint="$WORK/$task-checkpoints/checkpoint_best.pt" \
       input="$SPEECH/test.tsv" output="$WORK/$task.test.hyp" beam=5 max_len_b=100
   tail -n +2 "$SPEECH/test.tsv" | cut -f$column > "$WORK/$task.test.ref"
