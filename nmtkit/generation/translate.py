@@ -157,8 +157,7 @@ def check_ctc_alone_settings(search: SearchConfig, encoder_only: bool) -> None:
     for key, is_set in unsupported.items():
         if is_set:
             raise ConfigError(
-                f"{key}={getattr(search, key)}: {why}, which cannot honour it; "
-                f"unset {key}{advice}"
+                f"{key}={getattr(search, key)}: {why}, which cannot honour it; unset {key}{advice}"
             )
 
 

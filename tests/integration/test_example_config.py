@@ -64,8 +64,14 @@ def test_conformer_example_changes_only_the_encoder(capsys: pytest.CaptureFixtur
     assert conformer["model"]["_name"] == "s2t_conformer"
     for group in ("task", "criterion", "optimizer", "lr_scheduler", "dataset", "optimization"):
         assert conformer[group] == transformer[group], group
-    shared = set(transformer["model"]) & set(conformer["model"]) - {"_name", "encoder_ffn_embed_dim"}
+    shared = set(transformer["model"]) & set(conformer["model"]) - {
+        "_name",
+        "encoder_ffn_embed_dim",
+    }
     differing = {key for key in shared if transformer["model"][key] != conformer["model"][key]}
     assert not differing
     # The macaron pair of half-width feed-forwards holds the Transformer layer's parameters.
-    assert 2 * conformer["model"]["encoder_ffn_embed_dim"] == transformer["model"]["encoder_ffn_embed_dim"]
+    assert (
+        2 * conformer["model"]["encoder_ffn_embed_dim"]
+        == transformer["model"]["encoder_ffn_embed_dim"]
+    )

@@ -3,7 +3,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,12 +28,9 @@ FEATURES = 4
 
 
 @pytest.fixture(autouse=True)
-def seed_and_one_thread() -> Iterator[None]:
+def seed() -> None:
+    """Each test starts from the same random state (tests/conftest.py sets one thread)."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(ctc_head: str = "target", decoder_layers: int = 1) -> S2TTransformerModel:

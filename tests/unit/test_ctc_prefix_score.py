@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from typing import Optional
 
 import pytest
@@ -17,15 +16,6 @@ from nmtkit.generation.ctc_prefix_score import (
 )
 
 BLANK, EOS = 0, 2
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and on a busy machine threads cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def labelling_probabilities(log_probs: torch.Tensor) -> dict[tuple[int, ...], float]:

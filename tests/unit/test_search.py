@@ -196,13 +196,10 @@ SOURCES = make_sources([5, 3, 7, 4, 6, 2])
 
 
 @pytest.fixture(autouse=True)
-def no_autograd_one_thread() -> Any:
-    """Tiny tensors gain nothing from threads, and on a busy machine threads cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def no_autograd() -> Any:
+    """Search never needs gradients (tests/conftest.py sets one thread)."""
     with torch.no_grad():
         yield
-    torch.set_num_threads(threads)
 
 
 def test_beam_one_equals_handwritten_greedy_decoding() -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,13 +25,9 @@ VOCAB = 12
 
 
 @pytest.fixture(autouse=True)
-def seed_and_one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from threads, and on a busy machine threads cost a lot."""
+def seed() -> None:
+    """Each test starts from the same random state (tests/conftest.py sets one thread)."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**changes: object) -> TransformerConfig:
