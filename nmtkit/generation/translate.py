@@ -90,14 +90,11 @@ def translate_batches(
     if model_names is None:
         model_names = [f"checkpoint {index + 1}" for index in range(len(models))]
     ctc_alone = all(encoder_only) or search.ctc_weight == 1.0
-    generator = None
     if ctc_alone:
         check_ctc_alone_settings(search, all(encoder_only))
-        if not all(encoder_only):
-            check_ctc_models(models, search.ctc_weight, model_names)
-    else:
+    if not all(encoder_only):
         check_ctc_models(models, search.ctc_weight, model_names)
-        generator = build_generator(task, models, search)
+    generator = None if ctc_alone else build_generator(task, models, search)
     pad = task.target_dictionary.pad()
     for batch_number, sample in enumerate(batches):
         sample = move_to_device(sample, device)

@@ -12,12 +12,13 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from test_train_generate import run_cli
 
 from nmtkit.checkpoint import load_checkpoint, save_checkpoint
 from nmtkit_cli.average_checkpoints import cli_main as average_cli
@@ -29,18 +30,6 @@ FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "checkpoints" / 
 needs_permissions = pytest.mark.skipif(
     hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions"
 )
-
-
-def run(
-    cli_main: Callable[[Sequence[str]], None], argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str, str]:
-    try:
-        cli_main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_line_error(code: int, err: str, *expected: str) -> None:
@@ -72,13 +61,13 @@ def test_generate_checks_output_before_loading_and_creates_parents(
     source = tmp_path / "in.txt"
     source.write_text("alpha bravo\n")
     # A folder as output= is refused before the (missing) checkpoint is even looked at.
-    code, _, err = run(
+    code, _, err = run_cli(
         generate_cli, [f"checkpoint={tmp_path / 'missing.pt'}", f"input={source}",
                        f"output={tmp_path}"], capsys,
     )  # fmt: skip
     one_line_error(code, err, f"output={tmp_path}: is a directory")
     output = tmp_path / "new" / "folder" / "hyp.txt"
-    code, _, err = run(
+    code, _, err = run_cli(
         generate_cli, [f"checkpoint={FIXTURE}", f"input={source}", f"output={output}"], capsys
     )
     assert code == 0, err
@@ -93,7 +82,7 @@ def test_generate_refuses_a_read_only_output_folder(
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        code, _, err = run(
+        code, _, err = run_cli(
             generate_cli, [f"checkpoint={tmp_path / 'missing.pt'}", "input=-",
                            f"output={folder / 'hyp.txt'}"], capsys,
         )  # fmt: skip
@@ -109,7 +98,7 @@ def test_failed_generate_keeps_the_existing_output(
     source.write_bytes(b"alpha bravo\ngr\xf6\xdfe\n")  # the second chunk is not UTF-8
     output = tmp_path / "hyp.txt"
     output.write_text("an earlier run's output\n")
-    code, _, err = run(
+    code, _, err = run_cli(
         generate_cli,
         [f"checkpoint={FIXTURE}", f"input={source}", f"output={output}", "buffer_size=1"],
         capsys,
@@ -148,10 +137,10 @@ def test_generate_with_stdout_closed_or_unwritable_is_one_line(
     source.write_text("alpha bravo\n")
     argv = [f"checkpoint={FIXTURE}", f"input={source}"]
     monkeypatch.setattr(sys, "stdout", None)  # what Python makes of `1>&-`
-    code, _, err = run(generate_cli, argv, capsys)
+    code, _, err = run_cli(generate_cli, argv, capsys)
     one_line_error(code, err, "output: standard output is closed; give output=FILE")
     monkeypatch.setattr(sys, "stdout", UnwritableStdout())
-    code, _, err = run(generate_cli, argv, capsys)
+    code, _, err = run_cli(generate_cli, argv, capsys)
     one_line_error(code, err, "output: cannot write to standard output")
 
 
@@ -168,12 +157,12 @@ def test_generate_refuses_or_truncates_inputs_over_max_source_positions(
     source = tmp_path / "in.txt"
     source.write_text("alpha\n\n" + "juliet hotel kilo juliet india charlie " * 3 + "\n")
     argv = [f"checkpoint={checkpoint}", f"input={source}"]
-    code, _, err = run(generate_cli, argv, capsys)
+    code, _, err = run_cli(generate_cli, argv, capsys)
     one_line_error(
         code, err, f"input={source} line 3: ", "more than the model's max_source_positions=10",
         "truncate_source=true",
     )  # fmt: skip
-    code, out, err = run(generate_cli, [*argv, "truncate_source=true"], capsys)
+    code, out, err = run_cli(generate_cli, [*argv, "truncate_source=true"], capsys)
     assert code == 0, err
     assert len(out.splitlines()) == 3 and out.splitlines()[1] == ""
     assert f"input={source} line 3: " in caplog.text and "truncated" in caplog.text
@@ -187,15 +176,15 @@ def test_generate_messages_name_its_own_keys(
 ) -> None:
     source = tmp_path / "in.txt"
     source.write_text("juliet kilo\njuliet hotel kilo juliet india charlie\n")  # 3 and 7 tokens
-    code, _, err = run(
+    code, _, err = run_cli(
         generate_cli, [f"checkpoint={FIXTURE}", f"input={source}", "max_tokens=4"], capsys
     )
     one_line_error(code, err, "max_tokens=4: ", f"input={source} line 2 has 7 tokens")
     assert "dataset." not in err
-    code, _, err = run(generate_cli, [f"checkpoint={FIXTURE}", "device=cuda:99"], capsys)
+    code, _, err = run_cli(generate_cli, [f"checkpoint={FIXTURE}", "device=cuda:99"], capsys)
     one_line_error(code, err, "device=cuda:99: ")
     assert "common." not in err
-    code, _, err = run(generate_cli, [f"checkpoint={FIXTURE}", "batch_size=0"], capsys)
+    code, _, err = run_cli(generate_cli, [f"checkpoint={FIXTURE}", "batch_size=0"], capsys)
     one_line_error(code, err, "batch_size=0: must be >= 1")
 
 
@@ -211,7 +200,7 @@ def test_generate_names_the_tensor_whose_shape_differs(
         state["model"][key] = state["model"][key][:8].clone()
 
     checkpoint = variant(tmp_path, "shrunk.pt", shrink)
-    code, _, err = run(generate_cli, [f"checkpoint={checkpoint}", "input=-"], capsys)
+    code, _, err = run_cli(generate_cli, [f"checkpoint={checkpoint}", "input=-"], capsys)
     one_line_error(code, err, f"tensor {key} has shape [8, 16] in the checkpoint, [32, 16]")
 
 
@@ -220,7 +209,7 @@ def test_pickled_objects_are_refused_without_advising_weights_only_false(
 ) -> None:
     checkpoint = tmp_path / "pickled.pt"
     torch.save({"format_version": 1, "object": UnwritableStdout}, checkpoint)
-    code, _, err = run(generate_cli, [f"checkpoint={checkpoint}", "input=-"], capsys)
+    code, _, err = run_cli(generate_cli, [f"checkpoint={checkpoint}", "input=-"], capsys)
     one_line_error(code, err, str(checkpoint))
     assert "weights_only=False" not in err and "`weights_only`" not in err
 
@@ -235,15 +224,15 @@ def test_score_output_is_checked_first_and_written_whole(
     hyp.write_text("a b c\n")
     ref.write_text("a b c\n")
     # Refused before the (missing) hypothesis file is read.
-    code, _, err = run(score_cli, [f"hyp={tmp_path / 'none'}", f"ref={ref}",
+    code, _, err = run_cli(score_cli, [f"hyp={tmp_path / 'none'}", f"ref={ref}",
                                    f"output={tmp_path}"], capsys)  # fmt: skip
     one_line_error(code, err, f"output={tmp_path}: is a directory")
     output = tmp_path / "scores" / "bleu.json"
-    code, _, err = run(score_cli, [f"hyp={hyp}", f"ref={ref}", f"output={output}"], capsys)
+    code, _, err = run_cli(score_cli, [f"hyp={hyp}", f"ref={ref}", f"output={output}"], capsys)
     assert code == 0, err
     assert '"bleu"' in output.read_text() and not temporaries(output.parent)
     ref.write_text("a b c\nd e\n")  # now the line counts differ: the old result stays
-    code, _, err = run(score_cli, [f"hyp={hyp}", f"ref={ref}", f"output={output}"], capsys)
+    code, _, err = run_cli(score_cli, [f"hyp={hyp}", f"ref={ref}", f"output={output}"], capsys)
     one_line_error(code, err, "line counts differ")
     assert '"bleu"' in output.read_text() and not temporaries(output.parent)
 
@@ -255,12 +244,14 @@ def test_average_and_export_check_output_before_reading(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "missing.pt"
-    code, _, err = run(average_cli, [f"inputs=[{missing},{missing}]", f"output={tmp_path}"], capsys)
+    code, _, err = run_cli(
+        average_cli, [f"inputs=[{missing},{missing}]", f"output={tmp_path}"], capsys
+    )
     one_line_error(code, err, f"output={tmp_path}: is a directory")
-    code, _, err = run(export_cli, [f"checkpoint={missing}", f"output={tmp_path}"], capsys)
+    code, _, err = run_cli(export_cli, [f"checkpoint={missing}", f"output={tmp_path}"], capsys)
     one_line_error(code, err, f"output={tmp_path}: is a directory")
     output = tmp_path / "out" / "model.pt"
-    code, _, err = run(export_cli, [f"checkpoint={FIXTURE}", f"output={output}"], capsys)
+    code, _, err = run_cli(export_cli, [f"checkpoint={FIXTURE}", f"output={output}"], capsys)
     assert code == 0, err
     assert load_checkpoint(output)["model"].keys() == load_checkpoint(FIXTURE)["model"].keys()
 
@@ -278,13 +269,13 @@ def test_average_refuses_different_dictionaries_or_shapes(
     other_dictionary = variant(tmp_path, "other_dict.pt", rename_a_symbol)
     other_tensors = variant(tmp_path, "other_tensors.pt", widen)
     output = tmp_path / "averaged.pt"
-    code, _, err = run(
+    code, _, err = run_cli(
         average_cli, [f"inputs=[{FIXTURE},{other_dictionary}]", f"output={output}"], capsys
     )
     one_line_error(
         code, err, f"{other_dictionary}: cannot be averaged with {FIXTURE}: its src dictionary"
     )
-    code, _, err = run(
+    code, _, err = run_cli(
         average_cli, [f"inputs=[{FIXTURE},{other_tensors}]", f"output={output}"], capsys
     )
     one_line_error(code, err, "1 tensors not in", "encoder.layer_norm_extra")

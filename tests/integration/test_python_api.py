@@ -15,6 +15,7 @@ import pytest
 import sentencepiece
 import soundfile
 import torch
+from test_train_generate import run_cli
 
 import nmtkit
 from nmtkit.api import Translation, Translator
@@ -31,16 +32,6 @@ CHECKPOINT = FIXTURES / "format1_tiny.pt"
 SOURCES = (FIXTURES / "input.txt").read_text().splitlines()
 FAST = {"beam": 4, "max_len_b": 12}
 """Search options of these tests: short hypotheses keep them fast on a busy CPU."""
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        generate_cli(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +66,8 @@ def test_translate_keeps_input_order_and_empty_inputs(model: Translator) -> None
 def test_translate_equals_nmtkit_generate(
     model: Translator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(
+    code, out, err = run_cli(
+        generate_cli,
         [f"checkpoint={CHECKPOINT}", f"input={FIXTURES / 'input.txt'}", "beam=4", "max_len_b=12",
          "max_tokens=40", "batch_size=null"],
         capsys,
@@ -167,7 +159,8 @@ def test_bpe_model_detokenizes_a_checkpoint_without_sentencepiece(
             for t in bare.translate(pieces, **FAST)] == expected  # fmt: skip
     with_spm = nmtkit.load(checkpoint, device="cpu", bpe_model=spm)
     assert with_spm.translate(SOURCES, **FAST) == expected
-    code, out, err = run(
+    code, out, err = run_cli(
+        generate_cli,
         [f"checkpoint={checkpoint}", f"bpe_model={spm}", f"input={FIXTURES / 'input.txt'}",
          "beam=4", "max_len_b=12"],
         capsys,
@@ -186,7 +179,9 @@ def test_bpe_model_detokenizes_a_checkpoint_without_sentencepiece(
     with pytest.raises(ConfigError, match="carries its own SentencePiece model, which differs"):
         nmtkit.load(CHECKPOINT, device="cpu", bpe_model=other)
     nmtkit.load(CHECKPOINT, device="cpu", bpe_model=spm)  # its own model: accepted
-    code, _, err = run([f"checkpoint={checkpoint}", f"bpe_model={tmp_path / 'no.model'}"], capsys)
+    code, _, err = run_cli(
+        generate_cli, [f"checkpoint={checkpoint}", f"bpe_model={tmp_path / 'no.model'}"], capsys
+    )
     assert code == 1 and err.count("\n") == 1 and "no.model: file not found" in err
 
 
@@ -215,10 +210,10 @@ def test_fairseq_format_prints_base_2_scores_and_a_summary(
     binarized_test: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = [f"checkpoint={CHECKPOINT}", f"data={binarized_test}", "beam=4", "max_len_b=12"]
-    code, out, err = run([*argv, "format=jsonl"], capsys)
+    code, out, err = run_cli(generate_cli, [*argv, "format=jsonl"], capsys)
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
-    code, out, err = run([*argv, "format=fairseq"], capsys)
+    code, out, err = run_cli(generate_cli, [*argv, "format=fairseq"], capsys)
     assert code == 0, err
     lines = out.splitlines()
     by_kind: dict[str, list[list[str]]] = {}

@@ -808,27 +808,12 @@ def test_validation_refuses_generation_ctc_weight_without_a_ctc_head() -> None:
 class ToyTargetTask:
     """What translate_batches reads from a task, for token ids 0..VOCAB-1 shown as numbers."""
 
-    class target_dictionary:  # noqa: N801 (the task attribute's name)
-        @staticmethod
-        def pad() -> int:
-            return PAD
+    def __init__(self) -> None:
+        from nmtkit.data.dictionary import Dictionary
 
-        @staticmethod
-        def eos() -> int:
-            return EOS
-
-        @staticmethod
-        def unk() -> int:
-            return UNK
-
-        @staticmethod
-        def bos() -> int:
-            return BOS
-
-        def __len__(self) -> int:
-            return VOCAB
-
-    target_dictionary = target_dictionary()  # type: ignore[misc,assignment]
+        self.target_dictionary = Dictionary()  # <s> <pad> </s> <unk>: BOS, PAD, EOS, UNK
+        for number in range(len(self.target_dictionary), VOCAB):
+            self.target_dictionary.add_symbol(str(number))
 
     def postprocess(self, token_ids: list[int]) -> str:
         return " ".join(map(str, token_ids))
