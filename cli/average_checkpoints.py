@@ -12,10 +12,10 @@ from nmtkit.checkpoint import (
     load_checkpoint,
     numbered_checkpoints,
     save_checkpoint,
+    state_dict_mismatch,
 )
 from nmtkit.config.launcher import run_cli
 from nmtkit.errors import CheckpointError, ConfigError
-from nmtkit.inference import state_dict_mismatch
 from nmtkit.output_files import ensure_writable_file
 
 

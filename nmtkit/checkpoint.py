@@ -178,38 +178,57 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 ENCODER_PREFIXES = ("encoder.", "cmvn_")
 
 
+def state_dict_mismatch(
+    expected: dict[str, torch.Tensor],
+    saved: dict[str, torch.Tensor],
+    expected_name: str = "the model",
+    saved_name: str = "the checkpoint",
+) -> Optional[str]:
+    """Which tensor keeps `saved` from loading where `expected` fits, in one sentence (torch's
+    own message puts the tensor names on later lines), or None when names and shapes match."""
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensors of {expected_name} missing, e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors not in {expected_name}, e.g. {unexpected[0]}")
+        return "; ".join(parts)
+    for key, tensor in expected.items():
+        if tuple(saved[key].shape) != tuple(tensor.shape):
+            return (
+                f"tensor {key} has shape {list(saved[key].shape)} in {saved_name}, "
+                f"{list(tensor.shape)} in {expected_name}"
+            )
+    return None
+
+
 def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> list[str]:
     """Copies the encoder weights of the checkpoint at `path` into `model`; returns the names
-    loaded. Shapes must agree: the first mismatch is named."""
-    state = load_checkpoint(path)["model"]
-    own = model.state_dict()
-    names = [name for name in state if name.startswith(ENCODER_PREFIXES)]
-    if not names:
+    loaded. Names and shapes must agree: the first tensor that differs is named."""
+    saved = {
+        name: tensor
+        for name, tensor in load_checkpoint(path)["model"].items()
+        if name.startswith(ENCODER_PREFIXES)
+    }
+    if not saved:
         raise CheckpointError(f"checkpoint.init_encoder_from={path}: has no encoder weights")
-    missing = [name for name in names if name not in own]
-    if missing:
+    own = {
+        name: tensor
+        for name, tensor in model.state_dict().items()
+        if name.startswith(ENCODER_PREFIXES)
+    }
+    mismatch = state_dict_mismatch(own, saved, "the configured model's encoder", str(path))
+    if mismatch:
         raise CheckpointError(
-            f"checkpoint.init_encoder_from={path}: its encoder has {missing[0]}, which the "
-            f"configured model lacks ({len(missing)} such tensors); use the same encoder "
-            "settings (layers, dimensions) as that model"
-        )
-    for name in names:
-        if state[name].shape != own[name].shape:
-            raise CheckpointError(
-                f"checkpoint.init_encoder_from={path}: {name} has shape "
-                f"{list(state[name].shape)} there but {list(own[name].shape)} in the configured "
-                "model; use the same encoder settings as that model"
-            )
-    not_loaded = [n for n in own if n.startswith(ENCODER_PREFIXES) and n not in state]
-    if not_loaded:
-        raise CheckpointError(
-            f"checkpoint.init_encoder_from={path}: lacks {not_loaded[0]} of the configured "
-            f"encoder ({len(not_loaded)} such tensors); use the same encoder settings"
+            f"checkpoint.init_encoder_from={path}: {mismatch}; use the same encoder settings "
+            "(model, layers, dimensions) as that model"
         )
     with torch.no_grad():
-        for name in names:
-            own[name].copy_(state[name])
-    return names
+        for name, tensor in saved.items():
+            own[name].copy_(tensor)
+    return list(saved)
 
 
 def strip_training_state(state: dict[str, Any]) -> dict[str, Any]:

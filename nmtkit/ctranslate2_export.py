@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from nmtkit.checkpoint import state_dict_mismatch
 from nmtkit.config.train import restore_train_config
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.errors import CheckpointError, ConfigError
-from nmtkit.inference import state_dict_mismatch
 from nmtkit.models.transformer import TransformerModel
 from nmtkit.modules.attention import MultiheadAttention
 from nmtkit.modules.transformer_layer import FeedForward

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from nmtkit.checkpoint import load_checkpoint
+from nmtkit.checkpoint import load_checkpoint, state_dict_mismatch
 from nmtkit.config.train import TrainConfig, restore_train_config
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.text_encoder import load_sentencepiece
@@ -147,29 +147,3 @@ def load_for_inference(
     """`load_ensemble` as a (task, models, first member's config) tuple."""
     ensemble = load_ensemble(paths, device, dtype)
     return ensemble.task, ensemble.models, ensemble.configs[0]
-
-
-def state_dict_mismatch(
-    expected: dict[str, torch.Tensor],
-    saved: dict[str, torch.Tensor],
-    expected_name: str = "the model",
-    saved_name: str = "the checkpoint",
-) -> Optional[str]:
-    """Which tensor keeps `saved` from loading where `expected` fits, in one sentence (torch's
-    own message puts the tensor names on later lines), or None when names and shapes match."""
-    missing = [key for key in expected if key not in saved]
-    unexpected = [key for key in saved if key not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensors of {expected_name} missing, e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} tensors not in {expected_name}, e.g. {unexpected[0]}")
-        return "; ".join(parts)
-    for key, tensor in expected.items():
-        if tuple(saved[key].shape) != tuple(tensor.shape):
-            return (
-                f"tensor {key} has shape {list(saved[key].shape)} in {saved_name}, "
-                f"{list(tensor.shape)} in {expected_name}"
-            )
-    return None

@@ -21,13 +21,13 @@ from typing import Any, Optional
 
 import torch
 
+from nmtkit.checkpoint import state_dict_mismatch
 from nmtkit.config.launcher import config_to_dict
 from nmtkit.config.train import TRAIN_DEFAULTS, TRAIN_GROUPS, TrainConfig, restore_train_config
 from nmtkit.convert.restricted_unpickler import load_restricted, to_plain
 from nmtkit.data.dictionary import Dictionary
 from nmtkit.data.text_encoder import load_sentencepiece
 from nmtkit.errors import CheckpointError, DataError
-from nmtkit.inference import state_dict_mismatch
 from nmtkit.models.transformer.config import (
     TransformerConfig,
     transformer_base,
