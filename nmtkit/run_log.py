@@ -63,22 +63,23 @@ NOT_IDENTIFYING = (
 )
 
 
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optimizer": {"lr": 5e-4}} -> {"optimizer.lr": 5e-4}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def experiment_id(config: dict[str, Any], data_fingerprint: dict[str, Any]) -> str:
     """sha256 (first 16 hex digits) of the resolved config without paths, logging and device
     keys, the data's fingerprint (not its location) and the nmtkit version."""
-
-    def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        flat: dict[str, Any] = {}
-        for key, value in values.items():
-            if isinstance(value, dict):
-                flat.update(flatten(value, f"{prefix}{key}."))
-            else:
-                flat[f"{prefix}{key}"] = value
-        return flat
-
     settings = {
         key: value
-        for key, value in flatten(config).items()
+        for key, value in flatten_config(config).items()
         if key != "defaults" and not key.startswith(NOT_IDENTIFYING)
     }
     data = {key: value for key, value in data_fingerprint.items() if key != "data"}

@@ -46,6 +46,7 @@ from nmtkit.run_log import (
     RunLogger,
     experiment_id,
     finished_duplicates,
+    flatten_config,
     write_run_files,
     write_run_status,
 )
@@ -575,16 +576,6 @@ def check_resume_compatible(cfg: TrainConfig, state: dict[str, Any], task: Any) 
         f"({differences}); continuing at the saved data position; set "
         "checkpoint.reset_dataloader=true if the data really changed"
     ]
-
-
-def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def describe_changed_settings(cfg: TrainConfig, state: dict[str, Any], logger: RunLogger) -> None:
